@@ -1,0 +1,1 @@
+"""Torch-free contracts shared by producers and workers: settings, jobs, names, errors."""

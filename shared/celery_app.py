@@ -1,0 +1,55 @@
+"""The Celery app: JSON only, late acks, requeue on worker loss, results with a TTL.
+
+Producers and workers build the same app from the same settings; only workers import the
+task implementations (``workers.tasks``), so a producer never imports torch.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from shared.connection import redis_url, ssl_options
+from shared.names import ALL_QUEUES, APP_NAME, TASK_QUEUES
+from shared.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """A Celery app configured from settings with the fleet's reliability defaults."""
+    settings = settings or get_settings()
+    url = redis_url(settings)
+    app = Celery(APP_NAME, broker=url, backend=url, set_as_current=False)
+    transport = {
+        "visibility_timeout": settings.visibility_timeout_s,
+        "socket_connect_timeout": 5,
+        "retry_on_timeout": True,
+    }
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        result_extended=True,
+        result_expires=settings.result_ttl_s,
+        task_queues=[Queue(name) for name in ALL_QUEUES],
+        task_default_queue=ALL_QUEUES[-1],
+        task_routes={name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+    )
+    tls = ssl_options(settings)
+    if tls is not None:
+        app.conf.broker_use_ssl = tls
+        app.conf.redis_backend_use_ssl = tls
+    return app

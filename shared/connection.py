@@ -1,0 +1,45 @@
+"""Redis connections built from settings (password, ACL user and TLS included)."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+from urllib.parse import quote, urlparse, urlunparse
+
+import redis
+
+from shared.settings import Settings
+
+
+def redis_url(settings: Settings) -> str:
+    """The Redis URL with the user and password from settings folded in, if the URL lacks them."""
+    parts = urlparse(settings.redis_url)
+    if parts.password or not settings.redis_password:
+        return settings.redis_url
+    user = quote(settings.redis_username or "", safe="")
+    auth = f"{user}:{quote(settings.redis_password, safe='')}@"
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{auth}{host}:{parts.port or 6379}"
+    return urlunparse(parts._replace(netloc=netloc))
+
+
+def ssl_options(settings: Settings) -> dict[str, Any] | None:
+    """Certificate-checking TLS options for rediss:// URLs, or None for plain redis://."""
+    if not settings.redis_url.startswith("rediss://"):
+        return None
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.redis_tls_ca:
+        options["ssl_ca_certs"] = settings.redis_tls_ca
+    return options
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A redis-py client that retries briefly on connection errors."""
+    kwargs: dict[str, Any] = {
+        "decode_responses": False,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 30,
+        "retry_on_timeout": True,
+    }
+    kwargs.update(ssl_options(settings) or {})
+    return redis.Redis.from_url(redis_url(settings), **kwargs)

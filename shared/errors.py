@@ -1,0 +1,133 @@
+"""One error root with two subtrees.
+
+``InputError`` and its children mean the job itself is wrong: they fail fast and are never
+retried. ``TransientError`` and its children mean the world was briefly unkind (a broker
+hiccup, an out-of-memory): they are retried with backoff.
+"""
+
+from __future__ import annotations
+
+
+class TorchfleetError(Exception):
+    """Root of every error torchfleet raises on purpose."""
+
+    code = "error"
+
+
+class InputError(TorchfleetError):
+    """The job is invalid; retrying it cannot help."""
+
+    code = "invalid_input"
+
+
+class InvalidJob(InputError):
+    code = "invalid_job"
+
+
+class ModelNotFound(InputError):
+    code = "model_not_found"
+
+
+class UnknownArchitecture(InputError):
+    code = "unknown_architecture"
+
+
+class UnknownDataset(InputError):
+    code = "unknown_dataset"
+
+
+class DatasetNotFound(InputError):
+    code = "dataset_not_found"
+
+
+class BadTensor(InputError):
+    """An input tensor with the wrong shape, dtype, size or values."""
+
+    code = "bad_tensor"
+
+
+class IntegrityError(InputError):
+    """An artifact whose bytes do not match the digest it was registered with."""
+
+    code = "integrity_error"
+
+
+class UnsafeArtifact(InputError):
+    """An artifact that would need unpickling (code execution) to load."""
+
+    code = "unsafe_artifact"
+
+
+class TrainingDiverged(InputError):
+    """The loss became NaN or infinite; the hyper-parameters need changing."""
+
+    code = "training_diverged"
+
+
+class CompressionError(InputError):
+    """A compression step could not be applied to this model."""
+
+    code = "compression_error"
+
+
+class GateFailed(InputError):
+    code = "gate_failed"
+
+
+class JobExpired(InputError):
+    code = "expired"
+
+
+class TransientError(TorchfleetError):
+    """A passing fault; the job is retried with backoff."""
+
+    code = "transient"
+
+
+class BrokerUnavailable(TransientError):
+    code = "broker_unavailable"
+
+
+class ResourceExhausted(TransientError):
+    """Out of (GPU) memory, even after shrinking the batch."""
+
+    code = "resource_exhausted"
+
+
+class JobFailed(TorchfleetError):
+    """Raised on the producer side when a job finished with an error result."""
+
+    code = "job_failed"
+
+    def __init__(self, job_id: str, error_code: str, message: str) -> None:
+        super().__init__(f"job {job_id} failed ({error_code}): {message}")
+        self.job_id = job_id
+        self.error_code = error_code
+        self.message = message
+
+
+class JobTimeout(TorchfleetError):
+    code = "timeout"
+
+
+ERRORS_BY_CODE: dict[str, type[TorchfleetError]] = {
+    cls.code: cls
+    for cls in (
+        InputError,
+        InvalidJob,
+        ModelNotFound,
+        UnknownArchitecture,
+        UnknownDataset,
+        DatasetNotFound,
+        BadTensor,
+        IntegrityError,
+        UnsafeArtifact,
+        TrainingDiverged,
+        CompressionError,
+        GateFailed,
+        JobExpired,
+        TransientError,
+        BrokerUnavailable,
+        ResourceExhausted,
+    )
+}

@@ -1,0 +1,380 @@
+"""Job and result models: the JSON that travels between producers and workers.
+
+Every job carries ``kind`` (the discriminator) and ``schema_version``. Producers validate
+before sending; workers validate again on receipt. Unknown fields are refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+REF_RE = re.compile(
+    r"^(?P<name>[a-z0-9][a-z0-9_-]{0,63})"
+    r"(?:@(?P<alias>[a-z][a-z0-9_-]{0,31})|:(?P<version>[0-9]{1,9}))?"
+    r"(?::(?P<variant>[a-z0-9][a-z0-9_-]{0,63}))?$"
+)
+DTYPE_SIZES = {"float32": 4, "float16": 2, "float64": 8, "uint8": 1, "int64": 8}
+MAX_TENSOR_DIMS = 8
+
+DeviceChoice = Literal["any", "cpu", "cuda"]
+ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
+AliasName = Annotated[str, Field(pattern=ALIAS_PATTERN)]
+Scalar = str | int | float | bool
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRef(Strict):
+    """A parsed model reference: ``name``, ``name:version``, ``name@alias``, each ``[:variant]``."""
+
+    name: str
+    version: int | None = None
+    alias: str | None = None
+    variant: str | None = None
+
+    @classmethod
+    def parse(cls, ref: str) -> ModelRef:
+        match = REF_RE.match(ref)
+        if match is None:
+            raise ValueError(
+                f"bad model reference {ref!r}: expected name, name:VERSION or name@ALIAS, "
+                "optionally followed by :VARIANT (lower-case letters, digits, - and _)"
+            )
+        version = match["version"]
+        return cls(
+            name=match["name"],
+            version=int(version) if version else None,
+            alias=match["alias"],
+            variant=match["variant"],
+        )
+
+    def __str__(self) -> str:
+        text = self.name
+        if self.alias:
+            text += f"@{self.alias}"
+        elif self.version is not None:
+            text += f":{self.version}"
+        if self.variant:
+            text += f":{self.variant}"
+        return text
+
+
+def _check_ref(ref: str) -> str:
+    ModelRef.parse(ref)
+    return ref
+
+
+RefString = Annotated[str, Field(max_length=200), AfterValidator(_check_ref)]
+
+
+# ---------------------------------------------------------------- training
+class DatasetSpec(Strict):
+    """A dataset from the worker's dataset registry, split into train and validation."""
+
+    name: str = Field(default="digits", max_length=64)
+    path: str | None = Field(default=None, max_length=4096, description="Folder for file data.")
+    image_size: int = Field(default=32, ge=4, le=1024)
+    channels: Literal[1, 3] = 3
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    split_seed: int = 0
+    limit: int | None = Field(default=None, ge=1, description="Use at most this many samples.")
+    num_classes: int = Field(default=10, ge=2, le=100_000, description="Synthetic data only.")
+    samples: int = Field(default=512, ge=2, le=10_000_000, description="Synthetic data only.")
+
+
+class OptimizerSpec(Strict):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(default=0.01, gt=0, le=10)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(default=0.0, ge=0, le=1, description="L2 through the optimizer.")
+    l2_penalty: float = Field(
+        default=0.0, ge=0, le=1, description="Explicit lambda * sum(w^2) added to the loss."
+    )
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> OptimizerSpec:
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs the sgd optimizer with momentum > 0")
+        return self
+
+
+class ScheduleSpec(Strict):
+    name: Literal["none", "step", "cosine", "onecycle"] = "none"
+    step_size: int = Field(default=5, ge=1)
+    gamma: float = Field(default=0.1, gt=0, le=1)
+    warmup_epochs: int = Field(default=0, ge=0, le=1000)
+
+
+class LossSpec(Strict):
+    name: Literal["cross_entropy", "bce", "mse"] = "cross_entropy"
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+
+
+class EarlyStoppingSpec(Strict):
+    patience: int = Field(default=3, ge=1, le=1000)
+    min_delta: float = Field(default=0.0, ge=0)
+
+
+class AugmentSpec(Strict):
+    random_crop: bool = False
+    crop_padding: int = Field(default=4, ge=0, le=64)
+    hflip: bool = False
+
+
+class TrainJob(Strict):
+    """Train an architecture from the zoo on a dataset and register the best epoch."""
+
+    kind: Literal["train"] = "train"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    model_name: ModelName
+    arch: str = Field(default="cifar_cnn", max_length=64)
+    arch_kwargs: dict[str, Scalar] = Field(default_factory=dict, max_length=32)
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    epochs: int = Field(default=5, ge=1, le=10_000)
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    loss: LossSpec = Field(default_factory=LossSpec)
+    early_stopping: EarlyStoppingSpec | None = None
+    init: Literal["default", "source"] = "default"
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    grad_clip: float | None = Field(default=None, gt=0)
+    amp: bool = Field(default=True, description="Mixed precision when a GPU runs the job.")
+    seed: int = 0
+    device: DeviceChoice = "any"
+    aliases: list[AliasName] = Field(default_factory=list, max_length=8)
+
+
+# ---------------------------------------------------------------- compression
+class QuantizeDynamicStep(Strict):
+    """Dynamic int8 quantization of Linear (and LSTM) layers."""
+
+    method: Literal["quantize_dynamic"] = "quantize_dynamic"
+    variant: str | None = Field(default=None, pattern=MODEL_NAME_PATTERN)
+
+
+CompressStep = Annotated[QuantizeDynamicStep, Field(discriminator="method")]
+
+
+class GateSpec(Strict):
+    max_accuracy_drop: float | None = Field(
+        default=None, ge=0, le=100, description="Percentage points."
+    )
+    min_speedup: float | None = Field(default=None, gt=0, le=1000)
+
+
+class CompressJob(Strict):
+    """Turn a registered model into smaller or faster variants and register those that pass."""
+
+    kind: Literal["compress"] = "compress"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    source: RefString
+    steps: list[CompressStep] = Field(min_length=1, max_length=16)
+    eval_dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    gates: GateSpec = Field(default_factory=GateSpec)
+    promote: AliasName | None = None
+    device: DeviceChoice = "any"
+
+
+# ---------------------------------------------------------------- inference
+class TensorPayload(Strict):
+    """A tensor as base64 of its raw little-endian C-order bytes, with shape and dtype."""
+
+    encoding: Literal["raw"] = "raw"
+    dtype: Literal["float32", "float16", "float64", "uint8", "int64"] = "float32"
+    shape: list[Annotated[int, Field(ge=1, le=1_000_000)]] = Field(
+        min_length=1, max_length=MAX_TENSOR_DIMS
+    )
+    data: str
+
+    @model_validator(mode="after")
+    def _size_matches_shape(self) -> TensorPayload:
+        expected = math.prod(self.shape) * DTYPE_SIZES[self.dtype]
+        if len(self.data) != 4 * math.ceil(expected / 3):
+            raise ValueError(
+                f"data holds the wrong number of bytes for shape {self.shape} and "
+                f"dtype {self.dtype}: expected {expected} bytes, base64-encoded"
+            )
+        return self
+
+    def raw_bytes(self) -> bytes:
+        try:
+            return base64.b64decode(self.data, validate=True)
+        except binascii.Error as e:
+            raise ValueError(f"tensor data is not valid base64: {e}") from e
+
+
+class ImagePayload(Strict):
+    """An encoded image file (PNG or JPEG) as base64."""
+
+    format: Literal["png", "jpeg"] = "png"
+    data: str = Field(min_length=4)
+
+
+class InferJob(Strict):
+    """Predict on a batch of inputs with a registered model."""
+
+    kind: Literal["infer"] = "infer"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    model: RefString
+    inputs: TensorPayload | list[ImagePayload]
+    top_k: int = Field(default=1, ge=1, le=1000)
+    labels: list[int] | None = Field(default=None, description="Ground truth, for accuracy.")
+    deadline: float | None = Field(default=None, description="Unix time after which to drop.")
+    priority: int = Field(default=0, ge=0, le=9)
+    device: DeviceChoice = "any"
+    submitted_at: float | None = Field(default=None, description="Set by the producer.")
+
+    @field_validator("inputs")
+    @classmethod
+    def _images_not_empty(cls, v: TensorPayload | list[ImagePayload]) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("inputs holds no images")
+        return v
+
+
+Job = Annotated[TrainJob | CompressJob | InferJob, Field(discriminator="kind")]
+JOB_ADAPTER: TypeAdapter[TrainJob | CompressJob | InferJob] = TypeAdapter(Job)
+
+
+def parse_job(payload: str | bytes | dict[str, Any]) -> TrainJob | CompressJob | InferJob:
+    """Validate a job from JSON text or a decoded dict (raises pydantic.ValidationError)."""
+    if isinstance(payload, dict):
+        return JOB_ADAPTER.validate_python(payload)
+    return JOB_ADAPTER.validate_json(payload)
+
+
+def job_schema() -> dict[str, Any]:
+    """The JSON Schema of every job kind, for editors and other languages."""
+    return JOB_ADAPTER.json_schema()
+
+
+# ---------------------------------------------------------------- results
+class Latency(Strict):
+    """Where the time of one inference job went, in milliseconds."""
+
+    queued_ms: float = 0.0
+    batch_wait_ms: float = 0.0
+    load_ms: float = 0.0
+    preprocess_ms: float = 0.0
+    compute_ms: float = 0.0
+    postprocess_ms: float = 0.0
+    total_worker_ms: float = 0.0
+
+
+LATENCY_FIELDS = tuple(Latency.model_fields)
+
+
+class ClassScore(Strict):
+    label: int
+    name: str | None = None
+    score: float
+
+
+class WorkerInfo(Strict):
+    worker: str
+    device: str
+
+
+class InferResult(Strict):
+    kind: Literal["infer"] = "infer"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: str
+    model: str
+    version: int
+    variant: str
+    model_digest: str
+    predictions: list[list[ClassScore]]
+    accuracy: float | None = None
+    latency: Latency
+    cache_hit: bool
+    batch_size: int
+    worker: str
+    device: str
+
+
+class EpochRecord(Strict):
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+
+
+class TrainResult(Strict):
+    kind: Literal["train"] = "train"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: str
+    model: str
+    version: int
+    model_digest: str
+    arch: str
+    history: list[EpochRecord]
+    best_epoch: int
+    best_val_accuracy: float
+    stopped_early: bool = False
+    resumed_from_epoch: int | None = None
+    parameters: int
+    size_bytes: int
+    seconds: float
+    worker: str
+    device: str
+
+
+class VariantReport(Strict):
+    variant: str
+    method: str
+    model_digest: str | None = None
+    size_bytes: int
+    parameters: int
+    sparsity: float = 0.0
+    accuracy: float
+    latency_b1_p50_ms: float
+    latency_b1_p95_ms: float
+    latency_b32_p50_ms: float
+    latency_b32_p95_ms: float
+    speedup: float = 1.0
+    accuracy_delta: float = 0.0
+    passed: bool = True
+    registered: bool = False
+    notes: list[str] = Field(default_factory=list)
+
+
+class CompressResult(Strict):
+    kind: Literal["compress"] = "compress"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: str
+    source: str
+    version: int
+    baseline: VariantReport
+    variants: list[VariantReport]
+    promoted: str | None = None
+    seconds: float
+    worker: str
+    device: str
+
+
+JobResult = Annotated[InferResult | TrainResult | CompressResult, Field(discriminator="kind")]
+RESULT_ADAPTER: TypeAdapter[InferResult | TrainResult | CompressResult] = TypeAdapter(JobResult)

@@ -1,0 +1,49 @@
+"""The manifest that sits beside every stored set of weights (torch-free, so producers can read it)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.jobs import SCHEMA_VERSION
+
+
+class Preprocessing(BaseModel):
+    """How raw images become the model's input tensor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_size: int = 32
+    channels: int = 3
+    scale: float = Field(default=1 / 255, description="Multiplier applied to raw pixel values.")
+    mean: list[float] = Field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = Field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+class Manifest(BaseModel):
+    """What a worker needs to rebuild a module from safetensors, and what it is known to do.
+
+    ``recipe`` lists the transformations (for example a quantization) to apply to the freshly
+    built float architecture before loading the stored tensors; an empty recipe means the
+    stored tensors are a plain ``state_dict`` of ``arch``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    arch: str
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    input_shape: list[int]
+    num_classes: int
+    class_names: list[str] = Field(default_factory=list)
+    preprocessing: Preprocessing = Field(default_factory=Preprocessing)
+    recipe: list[dict[str, Any]] = Field(default_factory=list)
+    backend: str = Field(default="eager", description="eager, onnx, torchscript or compile.")
+    format: str = Field(default="safetensors")
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    lineage: dict[str, Any] = Field(default_factory=dict)
+    sha256: str = ""
+    size_bytes: int = 0
+    created_at: float = Field(default_factory=time.time)

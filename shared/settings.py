@@ -1,0 +1,73 @@
+"""The one settings class. Every knob is an environment variable with the TORCHFLEET_ prefix."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_ARTIFACTS = str(Path.home() / ".cache" / "torchfleet" / "artifacts")
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+class Settings(BaseSettings):
+    """Fleet configuration; read once per process from the environment (or a .env file)."""
+
+    model_config = SettingsConfigDict(env_prefix="TORCHFLEET_", env_file=".env", extra="ignore")
+
+    redis_url: str = Field(
+        default=DEFAULT_REDIS_URL,
+        description="Broker, result backend, registry and stats. redis:// or rediss:// (TLS).",
+    )
+    redis_username: str | None = Field(default=None, description="ACL user, if not in the URL.")
+    redis_password: str | None = Field(default=None, description="Password, if not in the URL.")
+    redis_tls_ca: str | None = Field(default=None, description="CA bundle for rediss:// URLs.")
+    allow_insecure_redis: bool = Field(
+        default=False,
+        description="Let a worker use a non-loopback Redis with no password.",
+    )
+    artifacts: str = Field(
+        default=DEFAULT_ARTIFACTS,
+        description="fsspec URL of the artifact store: a folder, a shared volume or s3://...",
+    )
+    result_ttl_s: int = Field(default=24 * 3600, gt=0, description="Seconds results are kept.")
+    visibility_timeout_s: int = Field(
+        default=3600,
+        gt=0,
+        description="Seconds before an unacknowledged job is handed to another worker.",
+    )
+    max_deliveries: int = Field(
+        default=3, ge=1, description="Deliveries before a job goes to the dead-letter list."
+    )
+    max_payload_bytes: int = Field(
+        default=16 * 1024 * 1024, gt=0, description="Largest accepted inference input."
+    )
+    max_inputs_per_job: int = Field(default=1024, gt=0)
+    max_batch: int = Field(default=64, gt=0, description="Largest micro-batch of inputs.")
+    max_wait_ms: float = Field(
+        default=2.0, ge=0, description="Longest a micro-batch waits for company."
+    )
+    cache_bytes: int = Field(
+        default=2 * 1024**3, gt=0, description="Model cache budget per device, in bytes."
+    )
+    preload: list[str] = Field(default_factory=list, description="Model refs warmed at start.")
+    metrics_port: int | None = Field(default=None, description="Prometheus port; off if unset.")
+    torch_threads: int | None = Field(default=None, gt=0, description="torch intra-op threads.")
+    stats_maxlen: int = Field(default=100_000, gt=0, description="Cap of the stats stream.")
+
+    def is_loopback(self) -> bool:
+        host = urlparse(self.redis_url).hostname or ""
+        return host in LOOPBACK_HOSTS
+
+    def has_password(self) -> bool:
+        return bool(urlparse(self.redis_url).password or self.redis_password)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests clear with ``get_settings.cache_clear()``)."""
+    return Settings()

@@ -1,0 +1,76 @@
+"""Architectures by name: ``@register_model`` on a builder, ``create_model(name, **kw)`` to build.
+
+Every builder takes ``num_classes``, ``in_channels`` and ``image_size`` so that the dataset
+decides the shape of the model's ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from shared.errors import InvalidJob, UnknownArchitecture
+from workers.registry import Registry
+
+ModelBuilder = Callable[..., nn.Module]
+MODELS: Registry[ModelBuilder] = Registry("architecture", UnknownArchitecture)
+register_model = MODELS.register
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered architecture; bad arguments are input errors, not crashes."""
+    builder = MODELS.get(name)
+    try:
+        return builder(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise InvalidJob(f"cannot build {name!r} with {kwargs}: {e}") from e
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+class CifarCNN(nn.Module):
+    """The seed CNN: two conv-ReLU-maxpool blocks and one linear classifier."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> None:
+        super().__init__()
+        if image_size % 4 != 0 or image_size < 4:
+            raise ValueError(f"cifar_cnn needs an image size divisible by 4, got {image_size}")
+        self.conv1 = nn.Conv2d(in_channels, 32, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2, 2)
+        self.fc = nn.Linear(64 * (image_size // 4) ** 2, num_classes)
+
+    def forward(self, x: Any) -> Any:
+        x = self.pool(self.relu(self.conv1(x)))
+        x = self.pool(self.relu(self.conv2(x)))
+        return self.fc(x.flatten(1))
+
+
+@register_model()
+def cifar_cnn(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    return CifarCNN(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+
+
+@register_model()
+def mlp(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    hidden: int = 256,
+    depth: int = 2,
+) -> nn.Module:
+    """Flatten, then ``depth`` Linear-ReLU layers of width ``hidden``, then the classifier."""
+    if depth < 1 or hidden < 1:
+        raise ValueError("mlp needs depth >= 1 and hidden >= 1")
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_channels * image_size * image_size
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
