@@ -1,4 +1,4 @@
-"""The manifest that sits beside every stored set of weights (torch-free, so producers can read it)."""
+"""The manifest stored beside every set of weights (torch-free: producers read it too)."""
 
 from __future__ import annotations
 

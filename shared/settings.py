@@ -47,6 +47,7 @@ class Settings(BaseSettings):
         default=16 * 1024 * 1024, gt=0, description="Largest accepted inference input."
     )
     max_inputs_per_job: int = Field(default=1024, gt=0)
+    batching: bool = Field(default=True, description="Merge concurrent inference jobs.")
     max_batch: int = Field(default=64, gt=0, description="Largest micro-batch of inputs.")
     max_wait_ms: float = Field(
         default=2.0, ge=0, description="Longest a micro-batch waits for company."
@@ -55,6 +56,12 @@ class Settings(BaseSettings):
         default=2 * 1024**3, gt=0, description="Model cache budget per device, in bytes."
     )
     preload: list[str] = Field(default_factory=list, description="Model refs warmed at start.")
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda|cuda:[0-9]{1,2})$",
+        description="Where a worker runs: auto, cpu, cuda (claims a free GPU) or cuda:N.",
+    )
+    gpu_lease_ttl_s: int = Field(default=30, ge=5, description="GPU lease TTL, renewed often.")
     metrics_port: int | None = Field(default=None, description="Prometheus port; off if unset.")
     torch_threads: int | None = Field(default=None, gt=0, description="torch intra-op threads.")
     stats_maxlen: int = Field(default=100_000, gt=0, description="Cap of the stats stream.")

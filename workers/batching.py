@@ -1,0 +1,174 @@
+"""The micro-batcher: inference jobs for the same model that arrive together share one forward.
+
+Each running inference task holds a *slot* from the moment it starts until it has its
+answer. The dispatcher thread takes the oldest request, adds every waiting request for
+the same model (up to ``max_batch`` inputs), and waits up to ``max_wait_ms`` for more only
+while other slot holders are still decoding their inputs and may join. A lone job on an
+idle worker therefore waits for nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from shared.errors import ResourceExhausted
+from workers.cache import LoadedModel
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class BatchOutput:
+    logits: torch.Tensor
+    batch_size: int
+    batch_wait_ms: float
+    compute_ms: float
+
+
+@dataclass
+class _Request:
+    model: LoadedModel
+    inputs: torch.Tensor
+    future: Future[BatchOutput] = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _Slot:
+    submitted: bool = False
+
+
+class MicroBatcher:
+    """One dispatcher thread per worker device, fed by the task threads."""
+
+    def __init__(self, *, max_batch: int, max_wait_ms: float, enabled: bool = True) -> None:
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000
+        self.enabled = enabled
+        self._queue: deque[_Request] = deque()
+        self._cond = threading.Condition()
+        self._undecided = 0
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def slot(self) -> Iterator[_Slot]:
+        """Held by an inference task for its whole run; tells the dispatcher company may come."""
+        slot = _Slot()
+        with self._cond:
+            self._undecided += 1
+        try:
+            yield slot
+        finally:
+            if not slot.submitted:
+                with self._cond:
+                    self._undecided -= 1
+                    self._cond.notify_all()
+
+    def run(self, model: LoadedModel, inputs: torch.Tensor, slot: _Slot) -> BatchOutput:
+        """Logits for ``inputs`` (CPU tensor), computed alone or with other jobs' inputs."""
+        if not self.enabled:
+            slot.submitted = True
+            with self._cond:
+                self._undecided -= 1
+            return _compute(model, [inputs], time.perf_counter())[0]
+        request = _Request(model, inputs)
+        with self._cond:
+            self._ensure_thread()
+            self._queue.append(request)
+            slot.submitted = True
+            self._undecided -= 1
+            self._cond.notify_all()
+        return request.future.result()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="micro-batcher", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            group = self._next_group()
+            try:
+                outputs = _compute(group[0].model, [r.inputs for r in group], group[0].enqueued)
+            except BaseException as e:  # every waiter must hear about the failure
+                for request in group:
+                    request.future.set_exception(e)
+                continue
+            for request, output in zip(group, outputs, strict=True):
+                output.batch_wait_ms = (time.perf_counter() - request.enqueued) * 1000 - (
+                    output.compute_ms
+                )
+                request.future.set_result(output)
+
+    def _next_group(self) -> list[_Request]:
+        with self._cond:
+            while not self._queue:
+                self._cond.wait()
+            group = [self._queue.popleft()]
+            size = len(group[0].inputs)
+            deadline = time.perf_counter() + self.max_wait_s
+            while size < self.max_batch:
+                size += self._take_same_model(group, self.max_batch - size)
+                remaining = deadline - time.perf_counter()
+                if size >= self.max_batch or self._undecided == 0 or remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return group
+
+    def _take_same_model(self, group: list[_Request], room: int) -> int:
+        digest, taken = group[0].model.digest, 0
+        for request in list(self._queue):
+            if request.model.digest == digest and len(request.inputs) <= room - taken:
+                self._queue.remove(request)
+                group.append(request)
+                taken += len(request.inputs)
+        return taken
+
+
+def _compute(model: LoadedModel, parts: list[torch.Tensor], started: float) -> list[BatchOutput]:
+    batch = parts[0] if len(parts) == 1 else torch.cat(parts)
+    wait_ms = (time.perf_counter() - started) * 1000
+    logits, compute_ms = timed_forward(model, batch)
+    outputs, offset = [], 0
+    for part in parts:
+        chunk = logits[offset : offset + len(part)]
+        outputs.append(BatchOutput(chunk, len(batch), wait_ms, compute_ms))
+        offset += len(part)
+    return outputs
+
+
+def timed_forward(model: LoadedModel, batch: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Logits on the CPU and compute milliseconds (CUDA events on a GPU, wall clock on a CPU)."""
+    if model.device.type != "cuda":
+        start = time.perf_counter()
+        logits = forward_with_oom_backoff(model.forward, batch)
+        return logits, (time.perf_counter() - start) * 1000
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    on_device = batch.pin_memory().to(model.device, non_blocking=True)
+    begin.record()
+    logits = forward_with_oom_backoff(model.forward, on_device)
+    end.record()
+    end.synchronize()
+    return logits.cpu(), float(begin.elapsed_time(end))
+
+
+def forward_with_oom_backoff(forward: Forward, batch: torch.Tensor) -> torch.Tensor:
+    """Run ``forward``; on CUDA out-of-memory, retry the two halves of the batch separately."""
+    try:
+        return forward(batch)
+    except torch.cuda.OutOfMemoryError as e:
+        if len(batch) == 1:
+            raise ResourceExhausted("CUDA out of memory even at batch size 1") from e
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = len(batch) // 2
+        first = forward_with_oom_backoff(forward, batch[:half])
+        return torch.cat([first, forward_with_oom_backoff(forward, batch[half:])])

@@ -1,0 +1,127 @@
+"""Inference as pure functions: decode inputs, run a batch, turn logits into top-k answers."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from shared.errors import BadTensor
+from shared.jobs import ClassScore, ImagePayload, TensorPayload
+from shared.manifest import Manifest
+
+NP_DTYPES = {
+    "float32": np.float32,
+    "float16": np.float16,
+    "float64": np.float64,
+    "uint8": np.uint8,
+    "int64": np.int64,
+}
+
+
+def decode_inputs(
+    inputs: TensorPayload | list[ImagePayload], manifest: Manifest, max_items: int
+) -> torch.Tensor:
+    """A float32 ``(N, C, H, W)`` batch the model accepts, or :class:`BadTensor` saying why."""
+    if isinstance(inputs, TensorPayload):
+        batch = decode_tensor(inputs, manifest)
+    else:
+        batch = decode_images(inputs, manifest)
+    if batch.shape[0] > max_items:
+        raise BadTensor(f"{batch.shape[0]} inputs in one job; the limit is {max_items}")
+    if not torch.isfinite(batch).all():
+        raise BadTensor("inputs contain NaN or infinite values")
+    return batch
+
+
+def decode_tensor(payload: TensorPayload, manifest: Manifest) -> torch.Tensor:
+    """Raw bytes -> tensor. Floats are model-ready; uint8 are pixels, preprocessed here."""
+    try:
+        raw = payload.raw_bytes()
+    except ValueError as e:
+        raise BadTensor(str(e)) from e
+    array = np.frombuffer(raw, dtype=NP_DTYPES[payload.dtype]).reshape(payload.shape)
+    if payload.dtype == "uint8":
+        return preprocess_pixels(torch.from_numpy(array.copy()), manifest)
+    if payload.dtype == "int64":
+        raise BadTensor("int64 inputs are not images or features; send float32 or uint8")
+    tensor = torch.from_numpy(array.astype(np.float32, copy=False).copy())
+    expected = list(manifest.input_shape)
+    if list(tensor.shape) == expected:
+        tensor = tensor.unsqueeze(0)
+    if list(tensor.shape[1:]) != expected:
+        raise BadTensor(
+            f"input shape {list(payload.shape)} does not fit the model: expected "
+            f"{expected} or [N, {', '.join(map(str, expected))}]"
+        )
+    return tensor
+
+
+def preprocess_pixels(pixels: torch.Tensor, manifest: Manifest) -> torch.Tensor:
+    """uint8 images ``(H, W)``, ``(N, H, W)`` or ``(N, C, H, W)`` -> normalised model input."""
+    if pixels.dim() == 2:
+        pixels = pixels.unsqueeze(0)
+    if pixels.dim() == 3:
+        pixels = pixels.unsqueeze(1)
+    if pixels.dim() != 4 or pixels.shape[1] not in (1, 3):
+        raise BadTensor(
+            f"uint8 images must be [H, W], [N, H, W] or [N, 1|3, H, W]; got {list(pixels.shape)}"
+        )
+    prep = manifest.preprocessing
+    images = pixels.float() * prep.scale
+    size = (prep.image_size, prep.image_size)
+    if tuple(images.shape[-2:]) != size:
+        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    if images.shape[1] != prep.channels:
+        images = images.mean(dim=1, keepdim=True).expand(-1, prep.channels, -1, -1)
+    mean = torch.tensor(prep.mean).view(1, -1, 1, 1)
+    std = torch.tensor(prep.std).view(1, -1, 1, 1)
+    return ((images - mean) / std).contiguous()
+
+
+def decode_images(images: list[ImagePayload], manifest: Manifest) -> torch.Tensor:
+    """PNG/JPEG files -> normalised batch, resized to the model's input size."""
+    from PIL import Image, UnidentifiedImageError
+
+    mode = "RGB" if manifest.preprocessing.channels == 3 else "L"
+    size = manifest.preprocessing.image_size
+    arrays = []
+    for i, image in enumerate(images):
+        try:
+            data = base64.b64decode(image.data, validate=True)
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                pixels = np.asarray(img.convert(mode).resize((size, size)), dtype=np.uint8)
+        except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as e:
+            raise BadTensor(f"image {i} could not be decoded as {image.format}: {e}") from e
+        arrays.append(pixels if pixels.ndim == 3 else pixels[..., None])
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    return preprocess_pixels(batch.contiguous(), manifest)
+
+
+def top_k(logits: torch.Tensor, k: int, class_names: list[str]) -> list[list[ClassScore]]:
+    """Softmax scores of the k most likely classes, per input."""
+    probs = torch.softmax(logits.float(), dim=1)
+    scores, labels = probs.topk(min(k, probs.shape[1]), dim=1)
+    return [
+        [
+            ClassScore(label=int(c), name=_name(class_names, int(c)), score=round(float(s), 6))
+            for s, c in zip(row_s, row_c, strict=True)
+        ]
+        for row_s, row_c in zip(scores.tolist(), labels.tolist(), strict=True)
+    ]
+
+
+def accuracy(predictions: list[list[ClassScore]], labels: list[int]) -> float:
+    if len(labels) != len(predictions):
+        raise BadTensor(f"{len(labels)} labels for {len(predictions)} inputs")
+    hits = sum(p[0].label == y for p, y in zip(predictions, labels, strict=True))
+    return hits / len(labels)
+
+
+def _name(class_names: list[str], label: int) -> str | None:
+    return class_names[label] if label < len(class_names) else None

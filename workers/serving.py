@@ -1,0 +1,53 @@
+"""An inference job from request to answer, with every millisecond accounted for."""
+
+from __future__ import annotations
+
+import time
+
+from shared.errors import JobExpired
+from shared.jobs import InferJob, InferResult, Latency
+from workers.devices import describe
+from workers.inference import accuracy, decode_inputs, top_k
+from workers.runtime import Runtime
+
+
+def serve(job: InferJob, rt: Runtime, job_id: str) -> InferResult:
+    """Resolve the model, decode the inputs, run them (micro-batched), and build the result."""
+    received = time.time()
+    start = time.perf_counter()
+    if job.deadline is not None and received > job.deadline:
+        raise JobExpired(f"job {job_id} reached the worker after its deadline; not computed")
+    with rt.batcher.slot() as slot:
+        resolved = rt.registry.resolve(job.model)
+        model, cache_hit, load_ms = rt.cache.get(resolved.record.digest)
+        decode_start = time.perf_counter()
+        batch = decode_inputs(job.inputs, model.manifest, rt.settings.max_inputs_per_job)
+        preprocess_ms = (time.perf_counter() - decode_start) * 1000
+        output = rt.batcher.run(model, batch, slot)
+    post_start = time.perf_counter()
+    predictions = top_k(output.logits, job.top_k, model.manifest.class_names)
+    acc = accuracy(predictions, job.labels) if job.labels is not None else None
+    done = time.perf_counter()
+    latency = Latency(
+        queued_ms=max(0.0, (received - job.submitted_at) * 1000) if job.submitted_at else 0.0,
+        batch_wait_ms=round(max(0.0, output.batch_wait_ms), 3),
+        load_ms=round(load_ms, 3),
+        preprocess_ms=round(preprocess_ms, 3),
+        compute_ms=round(output.compute_ms, 3),
+        postprocess_ms=round((done - post_start) * 1000, 3),
+        total_worker_ms=round((done - start) * 1000, 3),
+    )
+    return InferResult(
+        job_id=job_id,
+        model=resolved.name,
+        version=resolved.version,
+        variant=resolved.variant,
+        model_digest=resolved.record.digest,
+        predictions=predictions,
+        accuracy=acc,
+        latency=latency,
+        cache_hit=cache_hit,
+        batch_size=output.batch_size,
+        worker=rt.worker,
+        device=describe(model.device),
+    )

@@ -1,0 +1,43 @@
+"""Worker start-up and shutdown: security check, device pinning, cache warm-up, lease release."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import worker_init, worker_ready, worker_shutdown
+
+from shared.errors import InvalidJob
+from shared.settings import Settings
+from workers.runtime import effective_settings, start_runtime, stop_runtime
+
+log = logging.getLogger("torchfleet.worker")
+
+
+def check_security(settings: Settings) -> None:
+    """Refuse a non-loopback Redis without a password unless explicitly allowed."""
+    if settings.is_loopback() or settings.has_password() or settings.allow_insecure_redis:
+        return
+    raise InvalidJob(
+        "refusing to start: Redis at a non-loopback address with no password. Set "
+        "TORCHFLEET_REDIS_PASSWORD (or put it in the URL), or TORCHFLEET_ALLOW_INSECURE_REDIS=1"
+    )
+
+
+@worker_init.connect
+def _on_init(**_: Any) -> None:
+    check_security(effective_settings())
+
+
+@worker_ready.connect
+def _on_ready(sender: Any = None, **_: Any) -> None:
+    rt = start_runtime(worker=getattr(sender, "hostname", None))
+    for ref in rt.settings.preload:
+        resolved = rt.registry.resolve(ref)
+        rt.cache.get(resolved.record.digest)
+    log.info("torchfleet worker %s ready on %s", rt.worker, rt.device)
+
+
+@worker_shutdown.connect
+def _on_shutdown(**_: Any) -> None:
+    stop_runtime()

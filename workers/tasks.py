@@ -1,0 +1,152 @@
+"""Thin Celery tasks: validate the JSON job, call the pure code, return JSON.
+
+Input errors fail at once and are never retried; transient errors are retried with
+exponential backoff; a job whose result is already stored (a redelivery after the
+result was written) returns that result without computing again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task
+from pydantic import ValidationError
+
+from shared.celery_app import create_app
+from shared.errors import InputError, InvalidJob, TorchfleetError, TransientError
+from shared.jobs import CompressJob, InferJob, TrainJob, parse_job
+from shared.names import TASK_COMPRESS, TASK_INFER, TASK_NOOP, TASK_TRAIN
+from workers.context import JobContext
+from workers.runtime import Runtime, get_runtime
+from workers.stats import infer_fields, record_job
+
+app = create_app()
+MAX_RETRIES = 5
+BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = 60.0
+
+import workers.signals  # noqa: E402, F401  (connects the worker's start-up and shutdown hooks)
+
+
+def backoff_s(retries: int) -> float:
+    """Exponential backoff for transient errors: 1, 2, 4 ... seconds, capped."""
+    return float(min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**retries))
+
+
+def validate(payload: Any, kind: str) -> TrainJob | CompressJob | InferJob:
+    """The job model, or :class:`InvalidJob` listing every problem pydantic found."""
+    if not isinstance(payload, dict):
+        raise InvalidJob(f"a job must be a JSON object, not {type(payload).__name__}")
+    try:
+        job = parse_job(payload)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        raise InvalidJob(f"invalid {kind} job: {problems}") from None
+    if job.kind != kind:
+        raise InvalidJob(f"a {job.kind!r} job was sent to the {kind!r} task")
+    return job
+
+
+def stored_result(task: Task) -> dict[str, Any] | None:
+    """The result of an earlier delivery of this very job, if one finished."""
+    meta = task.backend.get_task_meta(task.request.id)
+    if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
+        return dict(meta["result"])
+    return None
+
+
+def context(task: Task, rt: Runtime) -> JobContext:
+    def progress(meta: dict[str, Any]) -> None:
+        task.update_state(state="PROGRESS", meta=meta)
+
+    return JobContext(
+        job_id=task.request.id,
+        device=rt.device,
+        worker=rt.worker,
+        store=rt.store,
+        registry=rt.registry,
+        settings=rt.settings,
+        progress=progress,
+    )
+
+
+def run_job(
+    task: Task, payload: Any, kind: str, execute: Callable[[Any, Runtime, Task], dict[str, Any]]
+) -> dict[str, Any]:
+    previous = stored_result(task)
+    if previous is not None:
+        return previous
+    rt = get_runtime()
+    started = time.perf_counter()
+    try:
+        job = validate(payload, kind)
+        result = execute(job, rt, task)
+    except TransientError as e:
+        _record(rt, kind, task.request.id, "retry", started, error=e.code)
+        raise task.retry(
+            exc=e, countdown=backoff_s(task.request.retries), max_retries=MAX_RETRIES
+        ) from e
+    except InputError as e:
+        _record(rt, kind, task.request.id, e.code, started, error=str(e)[:200])
+        raise
+    except TorchfleetError as e:
+        _record(rt, kind, task.request.id, "error", started, error=str(e)[:200])
+        raise
+    extra = infer_fields(result) if kind == "infer" else {"model": result.get("model")}
+    _record(rt, kind, task.request.id, "success", started, **extra)
+    return result
+
+
+def _record(
+    rt: Runtime, kind: str, job_id: str, outcome: str, started: float, **fields: Any
+) -> None:
+    rt.count(outcome)
+    fields.setdefault("worker", rt.worker)
+    fields.setdefault("device", str(rt.device))
+    fields["wall_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    record_job(
+        rt.client, rt.settings.stats_maxlen, kind=kind, job_id=job_id, outcome=outcome, **fields
+    )
+
+
+def _infer(job: InferJob, rt: Runtime, task: Task) -> dict[str, Any]:
+    from workers.serving import serve
+
+    return serve(job, rt, task.request.id).model_dump(mode="json")
+
+
+def _train(job: TrainJob, rt: Runtime, task: Task) -> dict[str, Any]:
+    from workers.training import execute
+
+    return execute(job, context(task, rt)).model_dump(mode="json")
+
+
+def _compress(job: CompressJob, rt: Runtime, task: Task) -> dict[str, Any]:
+    from workers.compression import execute
+
+    return execute(job, context(task, rt)).model_dump(mode="json")
+
+
+@app.task(name=TASK_INFER, bind=True)
+def infer(self: Task, payload: Any) -> dict[str, Any]:
+    return run_job(self, payload, "infer", _infer)
+
+
+@app.task(name=TASK_TRAIN, bind=True)
+def train(self: Task, payload: Any) -> dict[str, Any]:
+    return run_job(self, payload, "train", _train)
+
+
+@app.task(name=TASK_COMPRESS, bind=True)
+def compress(self: Task, payload: Any) -> dict[str, Any]:
+    return run_job(self, payload, "compress", _compress)
+
+
+@app.task(name=TASK_NOOP)
+def noop(payload: Any = None) -> Any:
+    """Does nothing: its round trip is the queue's own cost, for `torchfleet bench`."""
+    return payload
