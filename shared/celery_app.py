@@ -7,7 +7,7 @@ task implementations (``workers.tasks``), so a producer never imports torch.
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from shared.connection import redis_url, ssl_options
 from shared.names import ALL_QUEUES, APP_NAME, TASK_QUEUES
@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_track_started=True,
         result_extended=True,
         result_expires=settings.result_ttl_s,
-        task_queues=[Queue(name) for name in ALL_QUEUES],
+        task_queues=[Queue(name, Exchange(name), routing_key=name) for name in ALL_QUEUES],
         task_default_queue=ALL_QUEUES[-1],
         task_routes={name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
         broker_transport_options=transport,

@@ -131,17 +131,17 @@ def _compress(job: CompressJob, rt: Runtime, task: Task) -> dict[str, Any]:
     return execute(job, context(task, rt)).model_dump(mode="json")
 
 
-@app.task(name=TASK_INFER, bind=True)
+@app.task(name=TASK_INFER, bind=True, throws=(InputError,))
 def infer(self: Task, payload: Any) -> dict[str, Any]:
     return run_job(self, payload, "infer", _infer)
 
 
-@app.task(name=TASK_TRAIN, bind=True)
+@app.task(name=TASK_TRAIN, bind=True, throws=(InputError,))
 def train(self: Task, payload: Any) -> dict[str, Any]:
     return run_job(self, payload, "train", _train)
 
 
-@app.task(name=TASK_COMPRESS, bind=True)
+@app.task(name=TASK_COMPRESS, bind=True, throws=(InputError,))
 def compress(self: Task, payload: Any) -> dict[str, Any]:
     return run_job(self, payload, "compress", _compress)
 

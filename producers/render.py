@@ -1,0 +1,103 @@
+"""Human-readable views of results (rich tables); `--json` output bypasses all of this."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+LATENCY_ORDER = (
+    "queued_ms",
+    "batch_wait_ms",
+    "load_ms",
+    "preprocess_ms",
+    "compute_ms",
+    "postprocess_ms",
+    "total_worker_ms",
+)
+
+
+def render_result(console: Console, result: dict[str, Any]) -> None:
+    kind = result.get("kind")
+    if kind == "infer":
+        render_infer(console, result)
+    elif kind == "train":
+        render_train(console, result)
+    elif kind == "compress":
+        render_compress(console, result)
+    else:
+        console.print_json(data=result)
+
+
+def render_infer(console: Console, result: dict[str, Any]) -> None:
+    ref = f"{result['model']}:{result['version']}:{result['variant']}"
+    console.print(
+        f"[bold]{ref}[/] on {result['device']} ({result['worker']}), batch {result['batch_size']}, "
+        f"cache {'hit' if result['cache_hit'] else 'miss'}"
+    )
+    table = Table("input", "top-k (label: score)")
+    for i, scores in enumerate(result["predictions"]):
+        table.add_row(
+            str(i), ", ".join(f"{s['name'] or s['label']}: {s['score']:.3f}" for s in scores)
+        )
+    console.print(table)
+    if result.get("accuracy") is not None:
+        console.print(f"accuracy: {result['accuracy']:.2%}")
+    latency = result["latency"]
+    console.print("latency: " + ", ".join(f"{k} {latency[k]:.2f}" for k in LATENCY_ORDER))
+
+
+def render_train(console: Console, result: dict[str, Any]) -> None:
+    table = Table("epoch", "train loss", "train acc", "val loss", "val acc", "lr", "s")
+    for row in result["history"]:
+        table.add_row(
+            str(row["epoch"]),
+            f"{row['train_loss']:.4f}",
+            f"{row['train_accuracy']:.2%}",
+            f"{row['val_loss']:.4f}",
+            f"{row['val_accuracy']:.2%}",
+            f"{row['lr']:.2e}",
+            f"{row['seconds']:.1f}",
+        )
+    console.print(table)
+    resumed = result.get("resumed_from_epoch")
+    console.print(
+        f"registered [bold]{result['model']}:{result['version']}[/] "
+        f"(best epoch {result['best_epoch']}, val accuracy {result['best_val_accuracy']:.2%}, "
+        f"{result['parameters']:,} parameters, {result['size_bytes']:,} bytes)"
+        + (f"; resumed from epoch {resumed}" if resumed is not None else "")
+    )
+
+
+def render_compress(console: Console, result: dict[str, Any]) -> None:
+    table = Table(
+        "variant", "method", "size", "params", "sparsity", "accuracy", "Δacc pt",
+        "b1 p50 ms", "b32 p50 ms", "speed-up", "gates", title=f"compression of {result['source']}",
+    )  # fmt: skip
+    for row in [result["baseline"], *result["variants"]]:
+        table.add_row(
+            row["variant"],
+            row["method"],
+            f"{row['size_bytes'] / 1024:.0f} KiB",
+            f"{row['parameters']:,}",
+            f"{row['sparsity']:.0%}",
+            f"{row['accuracy']:.2%}",
+            f"{row['accuracy_delta']:+.2f}",
+            f"{row['latency_b1_p50_ms']:.3f}",
+            f"{row['latency_b32_p50_ms']:.3f}",
+            f"{row['speedup']:.2f}x",
+            ("pass" if row["passed"] else "FAIL") + (" (registered)" if row["registered"] else ""),
+        )
+    console.print(table)
+    for row in result["variants"]:
+        for note in row.get("notes", []):
+            console.print(f"[dim]{row['variant']}: {note}[/]")
+    if result.get("promoted"):
+        console.print(f"promoted: [bold]{result['promoted']}[/]")
+
+
+def render_progress_text(progress: dict[str, Any]) -> str:
+    """One line for a progress dict, whatever the job kind put in it."""
+    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in progress.items()]
+    return " ".join(parts)
