@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, TensorDataset, random_split
+from torch.utils.data import Dataset, Subset, TensorDataset, random_split
 
-from shared.errors import UnknownDataset
+from shared.errors import DatasetNotFound, InvalidJob, UnknownDataset
 from shared.jobs import DatasetSpec
 from shared.manifest import Preprocessing
 from workers.registry import Registry
@@ -25,12 +27,19 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class DatasetBundle:
+    """Train and validation sets plus what the model and the inference side need to know.
+
+    ``in_memory`` says the samples are tensors already (no decoding per sample), so a data
+    loader gains nothing from worker processes.
+    """
+
     train: Dataset[tuple[torch.Tensor, torch.Tensor]]
     val: Dataset[tuple[torch.Tensor, torch.Tensor]]
     num_classes: int
     input_shape: tuple[int, int, int]
     preprocessing: Preprocessing
     class_names: list[str] = field(default_factory=list)
+    in_memory: bool = True
 
 
 DatasetLoader = Callable[[DatasetSpec], DatasetBundle]
@@ -39,6 +48,7 @@ register_dataset = DATASETS.register
 
 
 def load_dataset(spec: DatasetSpec) -> DatasetBundle:
+    """The dataset the spec names, split into train and validation sets."""
     return DATASETS.get(spec.name)(spec)
 
 
@@ -63,7 +73,7 @@ def normalise_images(images: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
 
 
 def split(
-    data: Dataset[tuple[torch.Tensor, torch.Tensor]], spec: DatasetSpec
+    data: Dataset[Any], spec: DatasetSpec
 ) -> tuple[Dataset[tuple[torch.Tensor, torch.Tensor]], Dataset[tuple[torch.Tensor, torch.Tensor]]]:
     """A train/validation split that depends only on ``split_seed``."""
     total = len(data)  # type: ignore[arg-type]
@@ -117,3 +127,86 @@ def synthetic(spec: DatasetSpec) -> DatasetBundle:
         preprocessing=preprocessing_for(spec),
         class_names=[str(i) for i in range(spec.num_classes)],
     )
+
+
+def image_transform(spec: DatasetSpec) -> Any:
+    """The source's per-image transforms: resize, to-tensor, normalise (ImageNet mean/std)."""
+    from torchvision import transforms
+
+    mean, std = _stats(spec.channels)
+    steps: list[Any] = [transforms.Resize((spec.image_size, spec.image_size))]
+    if spec.channels == 1:
+        steps.append(transforms.Grayscale(num_output_channels=1))
+    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    return transforms.Compose(steps)
+
+
+def _existing_folder(spec: DatasetSpec, what: str) -> Path:
+    if not spec.path:
+        raise DatasetNotFound(f"the {spec.name} dataset needs dataset.path: the folder {what}")
+    folder = Path(spec.path).expanduser()
+    if not folder.is_dir():
+        raise DatasetNotFound(
+            f"dataset folder {str(folder)!r} does not exist on this worker; it should hold {what} "
+            "(torchfleet never downloads data: copy it there or mount a shared volume)"
+        )
+    return folder
+
+
+def _limited(data: Dataset[Any], spec: DatasetSpec) -> Dataset[Any]:
+    total = len(data)  # type: ignore[arg-type]
+    if spec.limit is None or spec.limit >= total:
+        return data
+    return Subset(data, range(spec.limit))
+
+
+def _file_bundle(data: Dataset[Any], class_names: list[str], spec: DatasetSpec) -> DatasetBundle:
+    if len(class_names) < 2:
+        raise InvalidJob(f"dataset at {spec.path!r} has {len(class_names)} class(es); need >= 2")
+    train, val = split(_limited(data, spec), spec)
+    return DatasetBundle(
+        train=train,
+        val=val,
+        num_classes=len(class_names),
+        input_shape=(spec.channels, spec.image_size, spec.image_size),
+        preprocessing=preprocessing_for(spec),
+        class_names=class_names,
+        in_memory=False,
+    )
+
+
+@register_dataset("cifar10")
+def cifar10(spec: DatasetSpec) -> DatasetBundle:
+    """CIFAR-10's training batches from a local folder (``dataset.path``); never downloads.
+
+    The folder is the one torchvision's ``CIFAR10(root=...)`` expects: it holds the extracted
+    ``cifar-10-batches-py``. Those batch files are Python pickles that torchvision reads: that
+    is the standard format of the data set, read only from a folder the user put there.
+    """
+    from torchvision.datasets import CIFAR10
+
+    root = _existing_folder(spec, "with the extracted cifar-10-batches-py folder")
+    try:
+        data = CIFAR10(root=str(root), train=True, download=False, transform=image_transform(spec))
+    except RuntimeError as e:
+        raise DatasetNotFound(
+            f"no complete CIFAR-10 under {str(root)!r} ({e}); extract cifar-10-python.tar.gz "
+            "there so that it holds cifar-10-batches-py/"
+        ) from e
+    return _file_bundle(data, list(data.classes), spec)
+
+
+@register_dataset("imagefolder")
+def imagefolder(spec: DatasetSpec) -> DatasetBundle:
+    """A folder of class sub-folders of images (torchvision's ``ImageFolder``)."""
+    from torchvision.datasets import ImageFolder
+
+    root = _existing_folder(spec, "with one sub-folder of images per class")
+    try:
+        data = ImageFolder(str(root), transform=image_transform(spec))
+    except FileNotFoundError as e:
+        raise DatasetNotFound(
+            f"no class folders of images under {str(root)!r}: {e}; expected "
+            "ROOT/<class name>/<image>.png"
+        ) from e
+    return _file_bundle(data, list(data.classes), spec)

@@ -74,3 +74,41 @@ def mlp(
         width = hidden
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
+
+
+def _small_input(image_size: int) -> bool:
+    """CIFAR-sized inputs lose too much to an ImageNet stem's early downsampling."""
+    return image_size < 64
+
+
+@register_model()
+def resnet18(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    """torchvision's ResNet-18 (no downloaded weights); a 3x3 stem without max-pool below 64 px."""
+    from torchvision.models import resnet18 as tv_resnet18
+
+    model = tv_resnet18(weights=None, num_classes=num_classes)
+    if _small_input(image_size):
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
+@register_model()
+def mobilenet_v3_small(
+    num_classes: int = 10, in_channels: int = 3, image_size: int = 32
+) -> nn.Module:
+    """torchvision's MobileNetV3-Small (no downloaded weights); a stride-1 stem below 64 px."""
+    from torchvision.models import mobilenet_v3_small as tv_mobilenet_v3_small
+
+    model = tv_mobilenet_v3_small(weights=None, num_classes=num_classes)
+    stem = model.features[0][0]
+    if not isinstance(stem, nn.Conv2d):
+        raise TypeError("unexpected mobilenet_v3_small layout: no stem convolution")
+    stride = 1 if _small_input(image_size) else 2
+    if in_channels != 3 or stride != stem.stride[0]:
+        model.features[0][0] = nn.Conv2d(
+            in_channels, stem.out_channels, kernel_size=3, stride=stride, padding=1, bias=False
+        )
+    return model
