@@ -1,0 +1,68 @@
+"""Real worker processes for integration tests: started through the CLI, awaited by ping."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from producers.client import Client
+
+READY_TIMEOUT_S = 120
+
+
+@dataclass
+class WorkerProcess:
+    """`torchfleet worker` in a child process with its own name and log file."""
+
+    env: dict[str, str]
+    log_dir: Path
+    queues: str = "train,compress,infer"
+    concurrency: int = 8
+    extra: list[str] = field(default_factory=list)
+    name: str = field(default_factory=lambda: f"tf-test-{uuid.uuid4().hex[:8]}@localhost")
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = open(self.log_dir / f"{self.name.split('@')[0]}.log", "wb")  # noqa: SIM115
+        command = [
+            sys.executable, "-m", "producers.cli", "worker", "--name", self.name,
+            "--queues", self.queues, "--concurrency", str(self.concurrency),
+            "--device", "cpu", "--loglevel", "INFO", *self.extra,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
+        return self
+
+    def wait_ready(self, client: Client, timeout: float = READY_TIMEOUT_S) -> None:
+        """Return once this worker answers a broadcast ping (the broker round trip is the wait)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited with {self.process.returncode}")
+            replies = client.app.control.ping(destination=[self.name], timeout=0.5)
+            if replies:
+                return
+        raise TimeoutError(f"worker {self.name} did not answer within {timeout} s")
+
+    def stop(self, timeout: float = 60) -> int | None:
+        """Warm shutdown (SIGTERM): finish running jobs, then exit."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: the worker vanishes mid-job, as on a crash or an OOM kill."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def log(self) -> str:
+        return (self.log_dir / f"{self.name.split('@')[0]}.log").read_text(errors="replace")

@@ -1,0 +1,145 @@
+"""Inference through real Redis and a real worker: references, cache, latency, bad input."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from producers.client import Client
+from producers.encoding import encode_array
+from shared.connection import redis_client
+from shared.jobs import TensorPayload
+from shared.manifest import Manifest
+from shared.registry import ModelRegistry, VariantRecord
+from shared.settings import Settings
+from tests.fleet import WorkerProcess
+from workers.artifacts import ArtifactStore
+from workers.zoo import create_model
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Registered:
+    name: str
+    version: int
+    module: torch.nn.Module
+
+
+def register_cnn(settings: Settings, seed: int = 0, name: str | None = None) -> Registered:
+    """A seeded, untrained cifar_cnn stored and registered exactly as training would."""
+    torch.manual_seed(seed)
+    module = create_model("cifar_cnn").eval()
+    manifest = Manifest(
+        arch="cifar_cnn",
+        input_shape=[3, 32, 32],
+        num_classes=10,
+        class_names=[f"c{i}" for i in range(10)],
+    )
+    stored = ArtifactStore(settings.artifacts).put_model(module.state_dict(), manifest)
+    registry = ModelRegistry(redis_client(settings))
+    name = name or f"cnn-{uuid.uuid4().hex[:8]}"
+    version = registry.new_version(name)
+    record = VariantRecord(digest=stored.sha256, arch="cifar_cnn")
+    registry.register(name, version, "base", record)
+    return Registered(name, version, module)
+
+
+@pytest.fixture
+def cnn(fleet_settings: Settings) -> Registered:
+    """A model with weights of its own: artifacts are content-addressed, so equal weights share."""
+    return register_cnn(fleet_settings, seed=uuid.uuid4().int % 2**31)
+
+
+def batch(n: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, 32, 32)).astype(np.float32)
+
+
+def expected_labels(module: torch.nn.Module, inputs: np.ndarray) -> list[int]:
+    with torch.inference_mode():
+        return module(torch.from_numpy(inputs)).argmax(1).tolist()
+
+
+def test_infer_returns_the_models_own_predictions(
+    client: Client, worker: WorkerProcess, cnn: Registered
+) -> None:
+    inputs = batch(5)
+    result = client.wait(client.submit_infer(cnn.name, inputs, top_k=3), timeout=60)
+    assert [p[0]["label"] for p in result["predictions"]] == expected_labels(cnn.module, inputs)
+    assert all(len(p) == 3 for p in result["predictions"])
+    assert result["model"] == cnn.name and result["version"] == cnn.version
+    assert result["variant"] == "base" and result["device"] == "cpu"
+    assert result["worker"] == worker.name and len(result["model_digest"]) == 64
+
+
+def test_second_request_is_a_cache_hit_with_no_load_time(
+    client: Client, worker: WorkerProcess, cnn: Registered
+) -> None:
+    first = client.wait(client.submit_infer(cnn.name, batch(1)), timeout=60)
+    second = client.wait(client.submit_infer(cnn.name, batch(1)), timeout=60)
+    assert not first["cache_hit"] and first["latency"]["load_ms"] > 0
+    assert second["cache_hit"] and second["latency"]["load_ms"] == 0
+    latency = second["latency"]
+    assert all(value >= 0 for value in latency.values())
+    assert latency["total_worker_ms"] >= latency["compute_ms"] > 0
+
+
+def test_every_reference_form_resolves(
+    client: Client, worker: WorkerProcess, cnn: Registered, fleet_settings: Settings
+) -> None:
+    registry = ModelRegistry(redis_client(fleet_settings))
+    other = register_cnn(
+        fleet_settings, seed=uuid.uuid4().int % 2**31, name=cnn.name
+    )  # version 2 of the same name
+    registry.register(cnn.name, 1, "copy", registry.get(cnn.name, 1, "base"))
+    registry.set_alias(cnn.name, "staging", 1)
+    inputs = batch(4, seed=3)
+    answers = {}
+    for ref in [
+        cnn.name,
+        f"{cnn.name}:1",
+        f"{cnn.name}:2",
+        f"{cnn.name}@staging",
+        f"{cnn.name}:1:copy",
+    ]:
+        answers[ref] = client.wait(client.submit_infer(ref, inputs), timeout=60)
+    assert answers[cnn.name]["version"] == 2  # a bare name is the latest without `production`
+    assert answers[f"{cnn.name}@staging"]["version"] == 1
+    assert answers[f"{cnn.name}:1:copy"]["variant"] == "copy"
+    labels_v1 = expected_labels(cnn.module, inputs)
+    labels_v2 = expected_labels(other.module, inputs)
+    assert [p[0]["label"] for p in answers[f"{cnn.name}:1"]["predictions"]] == labels_v1
+    assert [p[0]["label"] for p in answers[f"{cnn.name}:2"]["predictions"]] == labels_v2
+
+
+@pytest.mark.parametrize(
+    ("make_inputs", "code"),
+    [
+        (lambda: encode_array(batch(1)[:, :, :31]), "bad_tensor"),
+        (lambda: encode_array(np.zeros((1, 3, 32, 32), dtype=np.int64)), "bad_tensor"),
+        (lambda: encode_array(np.full((1, 3, 32, 32), np.nan, dtype=np.float32)), "bad_tensor"),
+    ],
+    ids=["wrong-shape", "wrong-dtype", "nan"],
+)
+def test_bad_inputs_fail_fast_and_the_worker_keeps_serving(
+    client: Client, worker: WorkerProcess, cnn: Registered, make_inputs: object, code: str
+) -> None:
+    payload: TensorPayload = make_inputs()  # type: ignore[operator]
+    state = client.wait_state(client.submit_infer(cnn.name, payload), timeout=60)
+    assert state.status == "FAILURE" and state.error_code == code
+    assert state.error
+    healthy = client.wait(client.submit_infer(cnn.name, batch(1)), timeout=60)
+    assert healthy["predictions"]
+
+
+def test_unknown_model_is_a_clear_error_not_retried(client: Client, worker: WorkerProcess) -> None:
+    job_id = client.submit_infer("no-such-model", batch(1))
+    state = client.wait_state(job_id, timeout=60)
+    assert state.status == "FAILURE" and state.error_code == "model_not_found"
+    assert "no-such-model" in (state.error or "")
+    meta = client.app.backend.get_task_meta(job_id)
+    assert meta.get("retries", 0) == 0

@@ -1,0 +1,115 @@
+"""The micro-batcher merges concurrent jobs, never makes a lone job wait, and backs off on OOM."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from torch import nn
+
+from shared.errors import ResourceExhausted
+from shared.manifest import Manifest
+from workers.batching import MicroBatcher, forward_with_oom_backoff
+from workers.cache import LoadedModel
+
+
+class Recorder(nn.Module):
+    """Identity-like model that records every batch size it is called with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.gate.wait(timeout=10)
+        self.sizes.append(len(x))
+        return x.flatten(1)[:, :3]
+
+
+def loaded(module: nn.Module, digest: str = "d" * 64) -> LoadedModel:
+    manifest = Manifest(arch="x", input_shape=[3], num_classes=3)
+    return LoadedModel(digest, manifest, module, torch.device("cpu"), 0)
+
+
+def test_a_lone_job_runs_at_once_with_batch_size_one() -> None:
+    recorder = Recorder()
+    batcher = MicroBatcher(max_batch=16, max_wait_ms=10_000)
+    with batcher.slot() as slot:
+        out = batcher.run(loaded(recorder), torch.ones(1, 3), slot)
+    assert out.batch_size == 1 and recorder.sizes == [1]
+    assert out.batch_wait_ms < 1000  # far below max_wait: nobody else held a slot
+
+
+def test_concurrent_jobs_share_one_forward_and_get_their_own_rows() -> None:
+    recorder = Recorder()
+    model = loaded(recorder)
+    batcher = MicroBatcher(max_batch=64, max_wait_ms=5_000)
+    recorder.gate.clear()  # hold the first forward so the others queue up behind it
+    jobs = 6
+    slots_taken = threading.Barrier(jobs)
+
+    def job(i: int) -> torch.Tensor:
+        with batcher.slot() as slot:
+            slots_taken.wait()
+            return batcher.run(model, torch.full((1, 3), float(i)), slot).logits
+
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = [pool.submit(job, i) for i in range(jobs)]
+        recorder.gate.set()
+        outputs = [f.result(timeout=30) for f in futures]
+    assert sum(recorder.sizes) == jobs and len(recorder.sizes) < jobs
+    for i, logits in enumerate(outputs):
+        assert logits.tolist() == [[float(i)] * 3]
+
+
+def test_max_batch_caps_the_merge() -> None:
+    recorder = Recorder()
+    model = loaded(recorder)
+    batcher = MicroBatcher(max_batch=4, max_wait_ms=5_000)
+    recorder.gate.clear()
+    barrier = threading.Barrier(10)
+
+    def job(i: int) -> None:
+        with batcher.slot() as slot:
+            barrier.wait()
+            batcher.run(model, torch.zeros(1, 3), slot)
+
+    with ThreadPoolExecutor(10) as pool:
+        futures = [pool.submit(job, i) for i in range(10)]
+        recorder.gate.set()
+        for f in futures:
+            f.result(timeout=30)
+    assert max(recorder.sizes) <= 4 and sum(recorder.sizes) == 10
+
+
+def test_disabled_batcher_runs_each_job_alone() -> None:
+    recorder = Recorder()
+    batcher = MicroBatcher(max_batch=64, max_wait_ms=5, enabled=False)
+    with batcher.slot() as slot:
+        assert batcher.run(loaded(recorder), torch.ones(3, 3), slot).batch_size == 3
+
+
+def test_oom_halves_the_batch_until_it_fits() -> None:
+    seen: list[int] = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        seen.append(len(x))
+        if len(x) > 2:
+            raise torch.cuda.OutOfMemoryError("injected")
+        return x * 2
+
+    out = forward_with_oom_backoff(forward, torch.arange(8.0).view(8, 1))
+    assert out.view(-1).tolist() == [2.0 * i for i in range(8)]
+    assert seen[0] == 8 and max(seen[1:]) <= 4
+
+
+def test_oom_at_batch_one_is_a_transient_error() -> None:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        raise torch.cuda.OutOfMemoryError("injected")
+
+    with pytest.raises(ResourceExhausted):
+        forward_with_oom_backoff(forward, torch.zeros(1, 1))
