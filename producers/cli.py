@@ -338,6 +338,20 @@ def _print_state(state: JobState, as_json: bool) -> None:
         )
 
 
+def _register_command_modules() -> None:
+    import importlib
+    import pkgutil
+
+    import producers.commands
+
+    for info in pkgutil.iter_modules(producers.commands.__path__):
+        module = importlib.import_module(f"producers.commands.{info.name}")
+        module.register(app)
+
+
+_register_command_modules()
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
