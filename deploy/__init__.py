@@ -1,0 +1,1 @@
+"""Deployment helpers: the compose preflight check and the worker container healthcheck."""
