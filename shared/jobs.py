@@ -166,17 +166,149 @@ class TrainJob(Strict):
 
 
 # ---------------------------------------------------------------- compression
-class QuantizeDynamicStep(Strict):
-    """Dynamic int8 quantization of Linear (and LSTM) layers."""
+RESERVED_VARIANTS = frozenset({"base"})
+
+
+def _check_variant(name: str | None) -> str | None:
+    if name in RESERVED_VARIANTS:
+        raise ValueError(f"variant name {name!r} is reserved for the source model")
+    return name
+
+
+VariantName = Annotated[
+    str | None, Field(default=None, pattern=MODEL_NAME_PATTERN), AfterValidator(_check_variant)
+]
+
+
+class StepSpec(Strict):
+    """Fields every compression step shares.
+
+    Steps run in order on one running model. A step that sets ``variant`` emits the model
+    as it stands after that step as a variant of that name; the last step always emits
+    one (named from the methods applied when it sets no ``variant``).
+    """
+
+    variant: VariantName = None
+
+
+class QuantizeDynamicStep(StepSpec):
+    """Dynamic int8 quantization of Linear (and LSTM) layers (torch.ao, x86/fbgemm kernels)."""
 
     method: Literal["quantize_dynamic"] = "quantize_dynamic"
-    variant: str | None = Field(default=None, pattern=MODEL_NAME_PATTERN)
+    per_channel: bool = Field(default=False, description="Per-output-channel weight scales.")
 
 
-CompressStep = Annotated[QuantizeDynamicStep, Field(discriminator="method")]
+class QuantizeStaticStep(StepSpec):
+    """Post-training static int8 (weights and activations) with calibration on training data."""
+
+    method: Literal["quantize_static"] = "quantize_static"
+    calibration_samples: int = Field(default=256, ge=1, le=100_000)
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    backend: Literal["x86", "fbgemm", "qnnpack", "onednn"] = "x86"
+
+
+class PruneL1Step(StepSpec):
+    """Unstructured L1 pruning of each Conv/Linear weight (zeros only: no dense speed-up)."""
+
+    method: Literal["prune_l1"] = "prune_l1"
+    amount: float = Field(default=0.5, gt=0, lt=1, description="Fraction of weights zeroed.")
+    include_classifier: bool = True
+
+
+class PruneGlobalStep(StepSpec):
+    """Unstructured L1 pruning ranked across all Conv/Linear weights at once."""
+
+    method: Literal["prune_global"] = "prune_global"
+    amount: float = Field(default=0.5, gt=0, lt=1, description="Fraction of weights zeroed.")
+    include_classifier: bool = True
+
+
+class PruneStructuredStep(StepSpec):
+    """Channel pruning with torch-pruning's dependency graph: the model gets physically smaller."""
+
+    method: Literal["prune_structured"] = "prune_structured"
+    amount: float = Field(default=0.5, gt=0, lt=1, description="Fraction of channels removed.")
+    norm: Literal[1, 2] = Field(default=1, description="L-p norm used to rank channels.")
+
+
+class FinetuneStep(StepSpec):
+    """A few epochs of SGD on the training split (after pruning, say); sparsity is kept."""
+
+    method: Literal["finetune"] = "finetune"
+    epochs: int = Field(default=2, ge=1, le=1000)
+    lr: float = Field(default=0.01, gt=0, le=10)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+    keep_sparsity: bool = Field(default=True, description="Zeros stay zero while training.")
+    seed: int = 0
+
+
+class DistillStep(StepSpec):
+    """Train a smaller student from the running model (the teacher) with a soft-target loss.
+
+    loss = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)
+    """
+
+    method: Literal["distill"] = "distill"
+    student_arch: str = Field(default="mlp", max_length=64)
+    student_kwargs: dict[str, Scalar] = Field(default_factory=dict, max_length=32)
+    temperature: float = Field(default=4.0, gt=0, le=100)
+    alpha: float = Field(default=0.7, ge=0, le=1, description="Weight of the soft-target term.")
+    epochs: int = Field(default=10, ge=1, le=10_000)
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = Field(default=0.003, gt=0, le=10)
+    seed: int = 0
+
+
+class ExportSpec(StepSpec):
+    """Fields every export shares: the eager model's outputs on a sample are the reference."""
+
+    check_samples: int = Field(default=16, ge=1, le=4096)
+    atol: float = Field(default=1e-4, ge=0)
+    rtol: float = Field(default=1e-3, ge=0)
+
+
+class ExportTorchScriptStep(ExportSpec):
+    """A TorchScript archive (traced), written to the store as an export artifact only."""
+
+    method: Literal["export_torchscript"] = "export_torchscript"
+
+
+class ExportPt2Step(ExportSpec):
+    """A ``torch.export`` program (.pt2) with a dynamic batch dimension, as an artifact only."""
+
+    method: Literal["export_pt2"] = "export_pt2"
+
+
+class ExportOnnxStep(ExportSpec):
+    """An ONNX graph (no code inside) that workers serve through ONNX Runtime."""
+
+    method: Literal["export_onnx"] = "export_onnx"
+    opset: int | None = Field(default=None, ge=7, le=30, description="Exporter default if unset.")
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"
+
+
+CompressStep = Annotated[
+    QuantizeDynamicStep
+    | QuantizeStaticStep
+    | PruneL1Step
+    | PruneGlobalStep
+    | PruneStructuredStep
+    | FinetuneStep
+    | DistillStep
+    | ExportTorchScriptStep
+    | ExportPt2Step
+    | ExportOnnxStep,
+    Field(discriminator="method"),
+]
 
 
 class GateSpec(Strict):
+    """A variant passes when it loses at most ``max_accuracy_drop`` points and is at least
+    ``min_speedup`` times faster (batch-32 p50) than the source; unset gates always pass."""
+
     max_accuracy_drop: float | None = Field(
         default=None, ge=0, le=100, description="Percentage points."
     )
@@ -194,6 +326,16 @@ class CompressJob(Strict):
     gates: GateSpec = Field(default_factory=GateSpec)
     promote: AliasName | None = None
     device: DeviceChoice = "any"
+    latency_iters: int = Field(default=50, ge=3, le=10_000, description="Timed runs per batch.")
+    warmup_iters: int = Field(default=5, ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _variant_names_unique(self) -> CompressJob:
+        names = [s.variant for s in self.steps if s.variant]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"steps name the same variant more than once: {dupes}")
+        return self
 
 
 # ---------------------------------------------------------------- inference
@@ -343,7 +485,23 @@ class TrainResult(Strict):
     device: str
 
 
+class ExportArtifact(Strict):
+    """A file an export step wrote to the artifact store (sha256-named, beside the models)."""
+
+    format: Literal["torchscript", "pt2", "onnx"]
+    path: str
+    sha256: str
+    size_bytes: int
+    max_abs_error: float = Field(description="Largest |export - eager| on the check sample.")
+
+
 class VariantReport(Strict):
+    """One row of the compression table; the baseline row is the source model itself.
+
+    ``speedup`` is the source's batch-32 p50 latency over this variant's (``speedup_b1`` the
+    same at batch 1); ``accuracy_delta`` is in percentage points (negative = worse).
+    """
+
     variant: str
     method: str
     model_digest: str | None = None
@@ -360,6 +518,11 @@ class VariantReport(Strict):
     passed: bool = True
     registered: bool = False
     notes: list[str] = Field(default_factory=list)
+    speedup_b1: float = 1.0
+    steps: list[str] = Field(default_factory=list, description="Methods applied to the source.")
+    backend: str = "eager"
+    device: str = "cpu"
+    exports: list[ExportArtifact] = Field(default_factory=list)
 
 
 class CompressResult(Strict):

@@ -31,10 +31,17 @@ class RecipeHandler(Protocol):
 RECIPES: Registry[RecipeHandler] = Registry("recipe step", CompressionError)
 
 
+def recipe(method: str) -> RecipeHandler:
+    """The handler of a recipe step; the compression package registers its own on import."""
+    if method not in RECIPES:
+        import workers.compression  # noqa: F401  (registers the compression recipes)
+    return RECIPES.get(method)
+
+
 def export_tensors(module: nn.Module, manifest: Manifest) -> Tensors:
     """The flat tensors to store for ``module`` (the last recipe step decides the format)."""
     if manifest.recipe:
-        return RECIPES.get(manifest.recipe[-1]["method"]).export(module)
+        return recipe(manifest.recipe[-1]["method"]).export(module)
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
@@ -42,10 +49,10 @@ def build_module(manifest: Manifest, tensors: Tensors) -> nn.Module:
     """Rebuild the stored module in eval mode on the CPU."""
     module = create_model(manifest.arch, **manifest.arch_kwargs)
     for step in manifest.recipe:
-        module = RECIPES.get(step["method"]).rebuild(module, step)
+        module = recipe(step["method"]).rebuild(module, step)
     try:
         if manifest.recipe:
-            RECIPES.get(manifest.recipe[-1]["method"]).load(module, tensors)
+            recipe(manifest.recipe[-1]["method"]).load(module, tensors)
         else:
             module.load_state_dict(tensors, strict=True)
     except (RuntimeError, KeyError) as e:

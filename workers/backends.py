@@ -1,0 +1,108 @@
+"""Inference backends a worker can serve without unpickling anything.
+
+* ``eager``: safetensors + the manifest's recipe, rebuilt by :func:`workers.modelio.build_module`.
+* ``onnx``: an ONNX graph (data only, no code) run by ONNX Runtime on the CPU.
+
+TorchScript and ``torch.export`` archives are produced by compression jobs as export
+artifacts only: loading them means trusting code inside the archive, so no worker does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from shared.errors import IntegrityError, UnsafeArtifact
+from shared.manifest import Manifest
+from workers.artifacts import ArtifactStore, Tensors
+from workers.modelio import build_module
+
+Backend = Callable[[Any], torch.Tensor]
+SERVED = ("eager", "onnx")
+
+
+class OnnxBackend:
+    """An ONNX Runtime session that takes a float batch (numpy or torch) and returns logits."""
+
+    def __init__(self, blob: bytes, *, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(
+                blob, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # onnxruntime raises its own untyped errors on bad graphs
+            raise IntegrityError(f"the ONNX graph cannot be loaded: {e}") from e
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: Any) -> torch.Tensor:
+        if isinstance(batch, torch.Tensor):
+            batch = batch.detach().cpu().numpy()
+        array = np.ascontiguousarray(batch, dtype=np.float32)
+        (logits,) = self.session.run(None, {self.input_name: array})[:1]
+        return torch.from_numpy(np.asarray(logits))
+
+
+def onnx_export_record(manifest: Manifest) -> dict[str, Any]:
+    """The manifest's record of its ONNX file (written by the export_onnx step)."""
+    for record in manifest.lineage.get("exports", []):
+        if record.get("format") == "onnx":
+            return dict(record)
+    raise IntegrityError("the manifest says backend 'onnx' but records no ONNX export")
+
+
+def read_export(store: ArtifactStore, record: dict[str, Any]) -> bytes:
+    """Read an export artifact's bytes and check them against its recorded sha256."""
+    path = str(record["path"])
+    with store.fs.open(path, "rb") as f:
+        blob: bytes = f.read()
+    if hashlib.sha256(blob).hexdigest() != record.get("sha256"):
+        raise IntegrityError(f"export {path} does not match its recorded sha256")
+    return blob
+
+
+def load_backend(
+    manifest: Manifest,
+    tensors: Tensors | None = None,
+    blob: bytes | None = None,
+    *,
+    threads: int | None = None,
+) -> Backend:
+    """A callable ``batch -> logits`` for a stored variant: eager from ``tensors``, ONNX from
+    ``blob``. Any other backend is refused as unsafe to load."""
+    if manifest.backend == "onnx":
+        if blob is None:
+            raise IntegrityError("an ONNX variant needs its ONNX bytes to be served")
+        return OnnxBackend(blob, threads=threads)
+    if manifest.backend == "eager":
+        if tensors is None:
+            raise IntegrityError("an eager variant needs its safetensors weights")
+        module = build_module(manifest, tensors)
+
+        def run(batch: Any) -> torch.Tensor:
+            x = torch.as_tensor(batch, dtype=torch.float32)
+            with torch.inference_mode():
+                out: torch.Tensor = module(x)
+            return out
+
+        return run
+    raise UnsafeArtifact(
+        f"backend {manifest.backend!r} is not served (it would need code from the archive); "
+        f"served backends: {', '.join(SERVED)}"
+    )
+
+
+def load_stored_backend(
+    store: ArtifactStore, digest: str, *, threads: int | None = None
+) -> Backend:
+    """Load a registered variant from the store by digest, whatever its served backend."""
+    tensors, manifest = store.get_model(digest)
+    blob = read_export(store, onnx_export_record(manifest)) if manifest.backend == "onnx" else None
+    return load_backend(manifest, tensors, blob, threads=threads)

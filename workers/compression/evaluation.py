@@ -1,0 +1,120 @@
+"""Measure a model honestly: size, parameters, sparsity, accuracy and latency percentiles.
+
+Latency is measured for every candidate in one interleaved loop (baseline, variant A,
+variant B, baseline, ...) so that a noisy neighbour or a frequency change hits them all
+alike; p50/p95 are over ``iters`` timed calls after ``warmup`` untimed ones.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from shared.manifest import Manifest
+from workers.artifacts import Tensors, to_safetensors
+from workers.compression.steps import ModelState, Runner, Sample, is_quantized, loader
+from workers.modelio import export_tensors
+
+BATCHES = (1, 32)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A runnable model and where it runs."""
+
+    runner: Runner
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    p50_ms: float
+    p95_ms: float
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of ``values`` (``q`` in [0, 100])."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def count_weights(module: nn.Module) -> int:
+    """Parameters of the float layers plus the weight and bias elements of quantized ones."""
+    total = sum(p.numel() for p in module.parameters())
+    for layer in module.modules():
+        if ".quantized" not in type(layer).__module__:
+            continue
+        for getter in (getattr(layer, "weight", None), getattr(layer, "bias", None)):
+            value = getter() if callable(getter) else None
+            total += value.numel() if isinstance(value, torch.Tensor) else 0
+    return total
+
+
+def stored_tensors(module: nn.Module, manifest: Manifest) -> tuple[Tensors, int]:
+    """The tensors a variant is stored as, and the size of their safetensors blob."""
+    tensors = export_tensors(module, manifest)
+    return tensors, len(to_safetensors(tensors))
+
+
+def candidate(state: ModelState, device: torch.device) -> Candidate:
+    """How to run the state's model: its export runner, else the eager module (int8 on CPU)."""
+    if state.runner is not None:
+        return Candidate(state.runner, torch.device("cpu"))
+    where = torch.device("cpu") if is_quantized(state.module) else device
+    module = state.module.to(where).eval()
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = module(batch)
+        return out
+
+    return Candidate(run, where)
+
+
+def accuracy(model: Candidate, data: Dataset[Sample], batch_size: int = 256) -> float:
+    """Top-1 accuracy in percent."""
+    correct = total = 0
+    with torch.inference_mode():
+        for images, labels in loader(data, batch_size, shuffle=False):
+            logits = model.runner(images.to(model.device)).cpu()
+            correct += int((logits.argmax(dim=-1) == labels).sum())
+            total += len(labels)
+    return 100.0 * correct / max(total, 1)
+
+
+def batch_of(data: Dataset[Sample], size: int) -> torch.Tensor:
+    """``size`` validation inputs (cycled when the split is smaller)."""
+    count = len(data)  # type: ignore[arg-type]
+    return torch.stack([data[i % count][0] for i in range(size)])
+
+
+def latencies(
+    models: dict[str, Candidate], inputs: torch.Tensor, *, iters: int, warmup: int
+) -> dict[str, Percentiles]:
+    """p50/p95 milliseconds per model on ``inputs``, timed round-robin."""
+    placed = {name: inputs.to(m.device) for name, m in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for i in range(warmup + iters):
+            for name, model in models.items():
+                started = time.perf_counter()
+                model.runner(placed[name])
+                if model.device.type == "cuda":
+                    torch.cuda.synchronize(model.device)
+                if i >= warmup:
+                    times[name].append((time.perf_counter() - started) * 1000)
+    return {name: Percentiles(percentile(t, 50), percentile(t, 95)) for name, t in times.items()}
+
+
+def latency_grid(
+    models: dict[str, Candidate], data: Dataset[Sample], *, iters: int, warmup: int
+) -> dict[int, dict[str, Percentiles]]:
+    """Latency percentiles at each of :data:`BATCHES`."""
+    return {
+        batch: latencies(models, batch_of(data, batch), iters=iters, warmup=warmup)
+        for batch in BATCHES
+    }

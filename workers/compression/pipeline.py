@@ -1,0 +1,350 @@
+"""The compress job: resolve the source, run the steps, measure, gate, register, promote.
+
+Variant rule: steps run in order on one running model. A step with ``variant`` set emits
+the model as it stands after that step under that name; the last step always emits one,
+named after the methods applied (for example ``pruned-ft-int8``) unless it names itself.
+Each variant records every method applied since the source (``steps``), and its manifest's
+recipe rebuilds its skeleton from the float architecture.
+
+Nothing is written to the registry until every step ran and every variant was measured and
+passed its safetensors round trip; the source model is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from shared.errors import CompressionError, InputError, InvalidJob, ModelNotFound
+from shared.jobs import CompressJob, CompressResult, CompressStep, VariantReport
+from shared.manifest import Manifest
+from shared.registry import Resolved, VariantRecord
+from workers.compression.evaluation import (
+    Candidate,
+    Percentiles,
+    accuracy,
+    batch_of,
+    candidate,
+    count_weights,
+    latency_grid,
+    stored_tensors,
+)
+from workers.compression.pruning import sparsity
+from workers.compression.steps import STEPS, ModelState, StepEnv
+from workers.context import JobContext
+from workers.modelio import Tensors, build_module
+from workers.zoo.datasets import DatasetBundle, load_dataset
+
+TAGS = {
+    "quantize_dynamic": "int8dyn",
+    "quantize_static": "int8",
+    "prune_l1": "l1",
+    "prune_global": "gl1",
+    "prune_structured": "pruned",
+    "finetune": "ft",
+    "distill": "student",
+    "export_torchscript": "ts",
+    "export_pt2": "pt2",
+    "export_onnx": "onnx",
+}
+MAX_NAME = 64
+ROUND_TRIP_ATOL = 1e-4
+
+
+@dataclass
+class Emitted:
+    """A variant produced by the steps, measured but not yet stored."""
+
+    name: str
+    state: ModelState
+    tensors: Tensors
+    size_bytes: int
+    accuracy: float
+    candidate: Candidate
+
+
+# ------------------------------------------------------------------ pure helpers
+def default_name(methods: list[str]) -> str:
+    """``pruned-ft-int8`` for prune_structured, finetune, quantize_static."""
+    return "-".join(TAGS.get(m, m) for m in methods)[:MAX_NAME].strip("-_")
+
+
+def planned_variants(steps: list[CompressStep]) -> list[tuple[int, str]]:
+    """(index of the step after which it is emitted, name) for every variant the job emits."""
+    planned: list[tuple[int, str]] = []
+    for i, step in enumerate(steps):
+        last = i == len(steps) - 1
+        if step.variant or last:
+            name = step.variant or default_name([s.method for s in steps[: i + 1]])
+            if any(name == other for _, other in planned):
+                name = f"{name}-{i + 1}"
+            planned.append((i, name))
+    return planned
+
+
+def gate(report: VariantReport, job: CompressJob) -> list[str]:
+    """The reasons ``report`` fails the job's gates (empty when it passes)."""
+    reasons = []
+    drop = -report.accuracy_delta
+    if job.gates.max_accuracy_drop is not None and drop > job.gates.max_accuracy_drop:
+        reasons.append(f"accuracy drop {drop:.2f} pt > {job.gates.max_accuracy_drop} pt")
+    if job.gates.min_speedup is not None and report.speedup < job.gates.min_speedup:
+        reasons.append(f"speed-up {report.speedup:.2f}x < {job.gates.min_speedup}x")
+    return reasons
+
+
+def best(reports: list[VariantReport]) -> VariantReport | None:
+    """The passing variant to promote: fastest at batch 32, then most accurate, then smallest."""
+    passing = [r for r in reports if r.passed]
+    if not passing:
+        return None
+    return max(passing, key=lambda r: (r.speedup, r.accuracy, -r.size_bytes))
+
+
+# ------------------------------------------------------------------ the job
+def execute(job: CompressJob, ctx: JobContext) -> CompressResult:
+    """Run a compress job end to end; see the module docstring for the variant rule."""
+    started = time.perf_counter()
+    source = ctx.registry.resolve(job.source)
+    tensors, manifest = ctx.store.get_model(source.record.digest)
+    module = build_module(manifest, tensors).to(ctx.device)
+    bundle = load_dataset(job.eval_dataset)
+    check_data(bundle, manifest, source)
+    planned = planned_variants(job.steps)
+    check_names(planned, source, ctx)
+
+    env = StepEnv(
+        train=bundle.train,
+        val=bundle.val,
+        num_classes=bundle.num_classes,
+        device=ctx.device,
+        store=ctx.store,
+    )
+    state = ModelState(module=module, manifest=manifest)
+    baseline = candidate(state, ctx.device)
+    emitted = run_steps(job, state, env, dict(planned), ctx)
+
+    ctx.progress({"stage": "evaluate", "variants": len(emitted)})
+    models = {"__source__": baseline, **{e.name: e.candidate for e in emitted}}
+    grid = latency_grid(models, bundle.val, iters=job.latency_iters, warmup=job.warmup_iters)
+    base_report = report_for(
+        name=source.variant,
+        method=source.record.method,
+        state=state,
+        size_bytes=manifest.size_bytes,
+        acc=accuracy(baseline, bundle.val),
+        grid=grid,
+        key="__source__",
+        device=baseline.device,
+    )
+    base_report.model_digest = source.record.digest
+    reports = [
+        compare(
+            report_for(
+                name=e.name,
+                method="+".join(e.state.methods),
+                state=e.state,
+                size_bytes=e.size_bytes,
+                acc=e.accuracy,
+                grid=grid,
+                key=e.name,
+                device=e.candidate.device,
+            ),
+            base_report,
+            job,
+        )
+        for e in emitted
+    ]
+
+    ctx.progress({"stage": "register", "variants": len(reports)})
+    for entry, report in zip(emitted, reports, strict=True):
+        if report.passed:
+            register(entry, report, source, job, ctx)
+    promoted = promote(job, reports, source, ctx)
+    return CompressResult(
+        job_id=ctx.job_id,
+        source=source.ref,
+        version=source.version,
+        baseline=base_report,
+        variants=reports,
+        promoted=promoted,
+        seconds=time.perf_counter() - started,
+        worker=ctx.worker,
+        device=str(ctx.device),
+    )
+
+
+def check_data(bundle: DatasetBundle, manifest: Manifest, source: Resolved) -> None:
+    if list(bundle.input_shape) != list(manifest.input_shape):
+        raise InvalidJob(
+            f"eval_dataset gives inputs of shape {list(bundle.input_shape)} but {source.ref} "
+            f"expects {manifest.input_shape}; set eval_dataset.channels and image_size to match"
+        )
+    if bundle.num_classes != manifest.num_classes:
+        raise InvalidJob(
+            f"eval_dataset has {bundle.num_classes} classes but {source.ref} predicts "
+            f"{manifest.num_classes}"
+        )
+
+
+def check_names(planned: list[tuple[int, str]], source: Resolved, ctx: JobContext) -> None:
+    """Refuse names that would overwrite the source or another job's variant."""
+    for _, name in planned:
+        if name == source.variant:
+            raise InvalidJob(f"variant {name!r} would overwrite the source {source.ref}")
+        try:
+            existing = ctx.registry.get(source.name, source.version, name)
+        except ModelNotFound:
+            continue
+        if existing.job_id != ctx.job_id:
+            raise InvalidJob(
+                f"{source.name}:{source.version}:{name} already exists (job "
+                f"{existing.job_id}); give the step another `variant` name"
+            )
+
+
+def run_steps(
+    job: CompressJob,
+    state: ModelState,
+    env: StepEnv,
+    emit_after: dict[int, str],
+    ctx: JobContext,
+) -> list[Emitted]:
+    emitted: list[Emitted] = []
+    total = len(job.steps)
+    for i, step in enumerate(job.steps):
+        ctx.progress({"stage": "compress", "step": i + 1, "steps": total, "method": step.method})
+        state = apply(i, step, state, env)
+        if i in emit_after:
+            emitted.append(finish(emit_after[i], state, env, i, step.method))
+    return emitted
+
+
+def apply(i: int, step: CompressStep, state: ModelState, env: StepEnv) -> ModelState:
+    """Run one step; every failure names the step."""
+    where = f"step {i + 1} ({step.method})"
+    try:
+        result: ModelState = STEPS.get(step.method)(step, state, env)
+    except InputError as e:
+        raise type(e)(f"{where}: {e}") from e
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise CompressionError(f"{where} failed: {type(e).__name__}: {e}") from e
+    return result
+
+
+def finish(name: str, state: ModelState, env: StepEnv, i: int, method: str) -> Emitted:
+    """Measure accuracy and size, and prove the variant rebuilds from its safetensors."""
+    model = candidate(state, env.device)
+    tensors, size = stored_tensors(state.module, state.manifest)
+    check_round_trip(state, tensors, env, f"step {i + 1} ({method})")
+    return Emitted(name, state, tensors, size, accuracy(model, env.val), model)
+
+
+def check_round_trip(state: ModelState, tensors: Tensors, env: StepEnv, where: str) -> None:
+    try:
+        rebuilt = build_module(state.manifest, tensors)
+    except InputError as e:
+        raise CompressionError(f"{where}: the variant cannot be rebuilt from storage: {e}") from e
+    sample = batch_of(env.val, 4)
+    module = copy.deepcopy(state.module).cpu().eval()
+    with torch.inference_mode():
+        diff = (module(sample) - rebuilt(sample)).abs().max().item()
+    if diff > ROUND_TRIP_ATOL:
+        raise CompressionError(
+            f"{where}: the rebuilt variant differs from the compressed one by {diff:.3g}"
+        )
+
+
+def report_for(
+    *,
+    name: str,
+    method: str,
+    state: ModelState,
+    size_bytes: int,
+    acc: float,
+    grid: dict[int, dict[str, Percentiles]],
+    key: str,
+    device: torch.device,
+) -> VariantReport:
+    return VariantReport(
+        variant=name,
+        method=method,
+        size_bytes=size_bytes,
+        parameters=count_weights(state.module),
+        sparsity=round(sparsity(state.module), 6),
+        accuracy=round(acc, 4),
+        latency_b1_p50_ms=grid[1][key].p50_ms,
+        latency_b1_p95_ms=grid[1][key].p95_ms,
+        latency_b32_p50_ms=grid[32][key].p50_ms,
+        latency_b32_p95_ms=grid[32][key].p95_ms,
+        notes=list(dict.fromkeys(state.notes)),
+        steps=list(state.methods),
+        backend=state.backend,
+        device=str(device),
+        exports=list(state.exports),
+    )
+
+
+def compare(report: VariantReport, base: VariantReport, job: CompressJob) -> VariantReport:
+    """Fill in speed-up and accuracy change against the source, then apply the gates."""
+    report.speedup = round(base.latency_b32_p50_ms / report.latency_b32_p50_ms, 4)
+    report.speedup_b1 = round(base.latency_b1_p50_ms / report.latency_b1_p50_ms, 4)
+    report.accuracy_delta = round(report.accuracy - base.accuracy, 4)
+    reasons = gate(report, job)
+    report.passed = not reasons
+    report.notes.extend(f"gate failed: {r}" for r in reasons)
+    return report
+
+
+def register(
+    entry: Emitted, report: VariantReport, source: Resolved, job: CompressJob, ctx: JobContext
+) -> None:
+    metrics = report.model_dump(
+        mode="json", exclude={"variant", "model_digest", "registered", "notes", "exports"}
+    )
+    lineage: dict[str, Any] = {
+        **entry.state.manifest.lineage,
+        "parent": source.ref,
+        "job_id": ctx.job_id,
+        "steps": [s.model_dump(mode="json") for s in job.steps[: len(entry.state.methods)]],
+        "exports": [a.model_dump(mode="json") for a in entry.state.exports],
+    }
+    manifest = entry.state.manifest.model_copy(
+        update={
+            "metrics": metrics,
+            "lineage": lineage,
+            "backend": entry.state.backend,
+            "created_at": time.time(),
+        }
+    )
+    stored = ctx.store.put_model(entry.tensors, manifest)
+    record = VariantRecord(
+        digest=stored.sha256,
+        arch=stored.arch,
+        method=report.method,
+        metrics=metrics,
+        parent=source.ref,
+        job_id=ctx.job_id,
+    )
+    ctx.registry.register(source.name, source.version, entry.name, record)
+    report.model_digest = stored.sha256
+    report.size_bytes = stored.size_bytes
+    report.registered = True
+
+
+def promote(
+    job: CompressJob, reports: list[VariantReport], source: Resolved, ctx: JobContext
+) -> str | None:
+    if job.promote is None:
+        return None
+    chosen = best(reports)
+    if chosen is None:
+        return None
+    ctx.registry.set_alias(source.name, job.promote, source.version, chosen.variant)
+    return f"{source.name}:{source.version}:{chosen.variant}"
