@@ -1,0 +1,134 @@
+"""The CLI's JSON contract, end to end: real processes, real Redis, real worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.fleet import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+
+def torchfleet(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "producers.cli", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(
+    fleet_env: dict[str, str], worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> dict:
+    """A seed CNN trained 1 epoch on 300 digits via `torchfleet submit SPEC --wait --json`."""
+    spec = {
+        "kind": "train",
+        "model_name": f"cli-{uuid.uuid4().hex[:6]}",
+        "arch": "cifar_cnn",
+        "dataset": {"name": "digits", "limit": 300},
+        "epochs": 1,
+        "batch_size": 32,
+    }
+    path = tmp_path_factory.mktemp("specs") / "train.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    done = torchfleet(fleet_env, "submit", str(path), "--wait", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["kind"] == "train" and result["model"] == spec["model_name"]
+    assert len(result["history"]) == 1 and 0 <= result["best_val_accuracy"] <= 1
+    return result
+
+
+def test_infer_shortcut_prints_one_json_object(
+    fleet_env: dict[str, str], trained: dict, tmp_path: Path
+) -> None:
+    array = tmp_path / "x.npy"
+    np.save(array, np.zeros((2, 3, 32, 32), dtype=np.float32))
+    ref = f"{trained['model']}:{trained['version']}"
+    done = torchfleet(
+        fleet_env,
+        "submit",
+        "infer",
+        "--model",
+        ref,
+        "--input",
+        str(array),
+        "--top-k",
+        "2",
+        "--wait",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["kind"] == "infer" and len(result["predictions"]) == 2
+    assert result["model_digest"] == trained["model_digest"]
+
+
+def test_submit_then_wait_then_results(
+    fleet_env: dict[str, str], trained: dict, tmp_path: Path
+) -> None:
+    array = tmp_path / "x.npy"
+    np.save(array, np.ones((1, 3, 32, 32), dtype=np.float32))
+    submitted = torchfleet(
+        fleet_env, "submit", "infer", "--model", trained["model"], "--input", str(array), "--json"
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["job_id"]
+    waited = torchfleet(fleet_env, "wait", job_id, "--json", "--timeout", "120")
+    assert waited.returncode == 0, waited.stderr
+    again = torchfleet(fleet_env, "results", job_id, "--json")
+    assert json.loads(again.stdout) == json.loads(waited.stdout)
+
+
+def test_failed_job_exits_non_zero_with_a_one_line_reason(
+    fleet_env: dict[str, str], worker: WorkerProcess, tmp_path: Path
+) -> None:
+    array = tmp_path / "x.npy"
+    np.save(array, np.ones((1, 3, 32, 32), dtype=np.float32))
+    done = torchfleet(
+        fleet_env,
+        "submit",
+        "infer",
+        "--model",
+        "ghost-model",
+        "--input",
+        str(array),
+        "--wait",
+        "--json",
+    )
+    assert done.returncode == 1
+    assert "model_not_found" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert json.loads(done.stdout)["error_code"] == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid"),
+        (json.dumps({"kind": "train", "model_name": "m", "optimizer": {"lr": 0}}), "lr"),
+        (json.dumps({"kind": "nope"}), "invalid job"),
+        (json.dumps([1, 2]), "one job object"),
+    ],
+    ids=["malformed", "lr-zero", "unknown-kind", "not-an-object"],
+)
+def test_bad_specs_are_refused_before_sending(
+    fleet_env: dict[str, str], tmp_path: Path, content: str, message: str
+) -> None:
+    path = tmp_path / "spec.json"
+    path.write_text(content)
+    done = torchfleet(fleet_env, "submit", str(path), "--json")
+    assert done.returncode == 2 and message in done.stderr
+    assert done.stdout == ""
+
+
+def test_models_list_and_schema(fleet_env: dict[str, str], trained: dict) -> None:
+    listed = json.loads(torchfleet(fleet_env, "models", "list", "--json").stdout)
+    assert trained["model"] in {m["name"] for m in listed}
+    schema = json.loads(torchfleet(fleet_env, "schema").stdout)
+    assert "TrainJob" in schema["$defs"]
