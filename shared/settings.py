@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     )
     gpu_lease_ttl_s: int = Field(default=30, ge=5, description="GPU lease TTL, renewed often.")
     metrics_port: int | None = Field(default=None, description="Prometheus port; off if unset.")
+    metrics_addr: str = Field(default="0.0.0.0", description="Address the metrics port binds.")
+    channels_last: bool = Field(
+        default=True, description="Run CNNs in channels-last memory format (faster on CPU too)."
+    )
     torch_threads: int | None = Field(default=None, gt=0, description="torch intra-op threads.")
     stats_maxlen: int = Field(default=100_000, gt=0, description="Cap of the stats stream.")
 
