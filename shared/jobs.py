@@ -34,6 +34,7 @@ DTYPE_SIZES = {"float32": 4, "float16": 2, "float64": 8, "uint8": 1, "int64": 8}
 MAX_TENSOR_DIMS = 8
 
 DeviceChoice = Literal["any", "cpu", "cuda"]
+ServeBackend = Literal["eager", "compile", "onnx"]
 ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
 AliasName = Annotated[str, Field(pattern=ALIAS_PATTERN)]
 Scalar = str | int | float | bool
@@ -385,6 +386,9 @@ class InferJob(Strict):
     deadline: float | None = Field(default=None, description="Unix time after which to drop.")
     priority: int = Field(default=0, ge=0, le=9)
     device: DeviceChoice = "any"
+    backend: ServeBackend | None = Field(
+        default=None, description="eager, compile or onnx; the model manifest's when omitted."
+    )
     submitted_at: float | None = Field(default=None, description="Set by the producer.")
 
     @field_validator("inputs")
