@@ -14,6 +14,7 @@ password or is published on a non-loopback address.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -227,11 +228,14 @@ def security_errors(project: Mapping[str, Any]) -> list[str]:
 def check(
     files: Sequence[Path], env: Mapping[str, str], schema_path: Path | None = None
 ) -> dict[str, Any]:
-    """The interpolated, merged project; raises ComposeError listing every problem found."""
+    """The interpolated, merged project; raises ComposeError listing every problem found.
+
+    The schema check needs ``jsonschema`` (the dev extra); without it only the rules run.
+    """
     project = load_project(files, env)
     schema_path = schema_path or find_schema()
     problems = []
-    if schema_path is not None:
+    if schema_path is not None and importlib.util.find_spec("jsonschema") is not None:
         problems += schema_errors(project, json.loads(schema_path.read_text()))
     problems += security_errors(project)
     if problems:
