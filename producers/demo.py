@@ -34,7 +34,7 @@ WORKER_START_TIMEOUT_S = 120
 
 
 def run_demo(*, requests: int, epochs: int, as_json: bool) -> dict[str, Any]:
-    console = Console(stderr=as_json)
+    console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 120)
     with redis_for_demo(console) as settings, worker_process(settings, console):
         client = Client(settings)
         wait_for_worker(client)
@@ -66,7 +66,7 @@ def worker_process(settings: Settings, console: Console) -> Iterator[None]:
     env = {**os.environ, "TORCHFLEET_REDIS_URL": settings.redis_url}
     env["TORCHFLEET_ARTIFACTS"] = settings.artifacts
     command = [sys.executable, "-m", "producers.cli", "worker", "--loglevel", "WARNING"]
-    process = subprocess.Popen(command, env=env)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
     console.print(f"[dim]started worker pid {process.pid}[/]")
     try:
         yield
@@ -168,13 +168,14 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    title = f"torchfleet demo: {summary['model']}:{summary['version']} on held-out digits"
     table = Table(
         "variant", "accuracy", "size", "p50 ms", "p95 ms", "p99 ms", "worker p50 ms",
-        "jobs/s", "mean batch", "cache hits", title="torchfleet demo: held-out digits",
+        "jobs/s", "mean batch", "cache hits", title=title,
     )  # fmt: skip
     for row in summary["variants"]:
         table.add_row(
-            row["ref"],
+            row["ref"].rsplit(":", 1)[-1],
             f"{row['accuracy']:.2%}",
             f"{row['size_bytes'] / 1024:.0f} KiB",
             f"{row['p50_ms']:.1f}",
