@@ -244,13 +244,14 @@ def worker(
 def demo(
     requests: Annotated[int, typer.Option(help="Inference jobs per variant.")] = 300,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 5,
+    embedded: Annotated[bool, typer.Option(help="Always use a throw-away redis-server.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Start Redis (embedded if needed) and a worker, train, quantize, serve, and print a table."""
     from producers.demo import run_demo
 
     with reported_errors():
-        run_demo(requests=requests, epochs=epochs, as_json=as_json)
+        run_demo(requests=requests, epochs=epochs, as_json=as_json, embedded=embedded)
 
 
 # ------------------------------------------------------------------ helpers

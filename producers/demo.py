@@ -33,9 +33,14 @@ PRODUCER_THREADS = 8
 WORKER_START_TIMEOUT_S = 120
 
 
-def run_demo(*, requests: int, epochs: int, as_json: bool) -> dict[str, Any]:
+def run_demo(
+    *, requests: int, epochs: int, as_json: bool, embedded: bool = False
+) -> dict[str, Any]:
     console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 120)
-    with redis_for_demo(console) as settings, worker_process(settings, console):
+    with (
+        redis_for_demo(console, force_embedded=embedded) as settings,
+        worker_process(settings, console),
+    ):
         client = Client(settings)
         wait_for_worker(client)
         summary = lifecycle(client, console, requests=requests, epochs=epochs)
@@ -48,11 +53,11 @@ def run_demo(*, requests: int, epochs: int, as_json: bool) -> dict[str, Any]:
 
 
 @contextmanager
-def redis_for_demo(console: Console) -> Iterator[Settings]:
-    """The configured Redis if it answers; otherwise an embedded one, stopped on exit."""
+def redis_for_demo(console: Console, *, force_embedded: bool = False) -> Iterator[Settings]:
+    """The configured Redis; else the default if it answers; else an embedded one."""
     settings = get_settings()
-    explicit = "TORCHFLEET_REDIS_URL" in os.environ
-    if explicit or _answers(settings.redis_url):
+    configured = "redis_url" in settings.model_fields_set
+    if not force_embedded and (configured or _answers(settings.redis_url)):
         console.print(f"[dim]using Redis at {settings.redis_url}[/]")
         yield settings
         return
