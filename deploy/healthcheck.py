@@ -18,10 +18,15 @@ import sys
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
+import redis
 from kombu.exceptions import OperationalError
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from shared.celery_app import create_app
+from shared.connection import redis_url, ssl_options
+from shared.settings import Settings, get_settings
 
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -29,6 +34,23 @@ DEFAULT_TIMEOUT_S = 10.0
 def this_host_pattern() -> str:
     """A glob for every Celery node on this host (a compose container's hostname is its id)."""
     return f"*@{socket.gethostname()}"
+
+
+def redis_problem(settings: Settings) -> str | None:
+    """Why Redis cannot be used (unreachable, wrong password...), or None. One try, no retry."""
+    client = redis.Redis.from_url(
+        redis_url(settings),
+        retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=5,
+        **(ssl_options(settings) or {}),
+    )
+    try:
+        client.ping()
+    except RedisError as error:
+        return f"{type(error).__name__}: {error}"
+    finally:
+        client.close()
+    return None
 
 
 def ping(pattern: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[str]:
@@ -49,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--node", default=this_host_pattern(), help="glob of node names")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds")
     args = parser.parse_args(argv)
+    problem = redis_problem(get_settings())
+    if problem is not None:
+        print(f"redis unusable: {problem}", file=sys.stderr)
+        return 1
     try:
         nodes = ping(args.node, args.timeout)
     except (OperationalError, RedisError, OSError) as error:

@@ -28,6 +28,8 @@ from typing import IO, Any
 import pytest
 import redis
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -46,7 +48,9 @@ from deploy.compose_check import (
     schema_errors,
     security_errors,
 )
+from deploy.healthcheck import main as healthcheck_main
 from shared.embedded import find_redis_server, free_port
+from shared.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -345,6 +349,11 @@ def test_interpolate_follows_compose(text: str, env: dict[str, str], expected: s
     assert interpolate(text, env) == expected
 
 
+@given(st.text())
+def test_escaped_dollars_survive_interpolation(text: str) -> None:
+    assert interpolate(text.replace("$", "$$"), {"A": "x"}) == text
+
+
 @pytest.mark.parametrize(
     ("text", "env", "message"),
     [
@@ -605,11 +614,26 @@ def celery_worker(
         process.wait(timeout=30)
 
 
-def run_healthcheck(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    script = ROOT / "deploy" / "healthcheck.py"
-    return subprocess.run(
-        [sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=60
+def test_healthcheck_does_not_import_torch() -> None:
+    probe = "import sys, deploy.healthcheck; print(sorted(m for m in sys.modules if m == 'torch'))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture
+def worker_settings(
+    celery_worker: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
+    """This process's settings pointed at the worker's Redis, as a container's would be."""
+    env = celery_worker[1]
+    for key in ("TORCHFLEET_REDIS_URL", "TORCHFLEET_REDIS_PASSWORD"):
+        monkeypatch.setenv(key, env[key])
+    get_settings.cache_clear()
+    yield env
+    get_settings.cache_clear()
 
 
 @pytest.mark.integration
@@ -617,19 +641,32 @@ def test_healthcheck_finds_this_hosts_worker_through_redis(
     celery_worker: tuple[str, dict[str, str]],
 ) -> None:
     node, env = celery_worker
-    healthy = run_healthcheck(env)  # the default: any worker on this host
+    script = ROOT / "deploy" / "healthcheck.py"
+    healthy = subprocess.run(  # as Docker runs it, with the default: any worker on this host
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+    )
     assert healthy.returncode == 0, healthy.stderr
     assert f"{node}: ok" in healthy.stdout
-    missing = run_healthcheck(env, "--node", "no-such-worker@*", "--timeout", "1")
-    assert missing.returncode == 1
-    assert "no worker answered within 1s" in missing.stderr
 
 
 @pytest.mark.integration
-def test_healthcheck_fails_when_the_password_is_wrong(
-    celery_worker: tuple[str, dict[str, str]],
+@pytest.mark.usefixtures("worker_settings")
+def test_healthcheck_fails_when_no_matching_worker_answers(
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _, env = celery_worker
-    wrong = run_healthcheck({**env, "TORCHFLEET_REDIS_PASSWORD": "wrong"}, "--timeout", "1")
-    assert wrong.returncode == 1
-    assert "broker unreachable" in wrong.stderr
+    assert healthcheck_main(["--node", "no-such-worker@*", "--timeout", "0.5"]) == 1
+    assert "no-such-worker@*: no worker answered within 0.5s" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_healthcheck_fails_fast_on_a_wrong_password(
+    worker_settings: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("TORCHFLEET_REDIS_PASSWORD", "wrong")
+    get_settings.cache_clear()
+    started = time.monotonic()
+    assert healthcheck_main([]) == 1
+    assert time.monotonic() - started < 5  # one try, no retries with backoff
+    assert "redis unusable: AuthenticationError" in capsys.readouterr().err
