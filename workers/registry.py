@@ -28,7 +28,7 @@ class Registry(Generic[T]):
         """Decorator: register under ``name``, or under the function's own name."""
 
         def decorate(item: T) -> T:
-            return self.add(name or getattr(item, "__name__", ""), item)
+            return self.add(name or str(getattr(item, "__name__", "")), item)
 
         return decorate
 
