@@ -50,7 +50,7 @@ from deploy.compose_check import (
 )
 from deploy.healthcheck import main as healthcheck_main
 from shared.embedded import find_redis_server, free_port
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -216,6 +216,25 @@ def test_workers_share_one_environment(services: dict[str, Any]) -> None:
     assert {key: cpu[key] for key in shared_keys} == {key: gpu[key] for key in shared_keys}
     assert cpu["TORCHFLEET_REDIS_URL"] == "redis://redis:6379/0"
     assert cpu["TORCHFLEET_REDIS_PASSWORD"] == PASSWORD
+
+
+@pytest.mark.parametrize("name", [*WORKERS, "producer"])
+def test_fleet_environment_parses_into_settings(
+    services: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    environment = services[name]["environment"]
+    fields = {f"TORCHFLEET_{field.upper()}" for field in Settings.model_fields}
+    assert {key for key in environment if key.startswith("TORCHFLEET_")} <= fields
+    for key in list(os.environ):
+        if key.startswith("TORCHFLEET_"):
+            monkeypatch.delenv(key)
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.redis_url == "redis://redis:6379/0" and settings.has_password()
+    assert settings.artifacts == "/data/artifacts"
+    if name in WORKERS:
+        assert settings.preload == []
 
 
 # ------------------------------------------------------------------ flower, producer, volumes
