@@ -4,7 +4,9 @@ Each running inference task holds a *slot* from the moment it starts until it ha
 answer. The dispatcher thread takes the oldest request, adds every waiting request for
 the same model (up to ``max_batch`` inputs), and waits up to ``max_wait_ms`` for more only
 while other slot holders are still decoding their inputs and may join. A lone job on an
-idle worker therefore waits for nothing.
+idle worker therefore waits for nothing. Inputs are decoded and checked before they reach
+the batcher, and a merged forward that fails is retried job by job, so one bad job never
+fails the others in its batch.
 """
 
 from __future__ import annotations
@@ -95,18 +97,25 @@ class MicroBatcher:
 
     def _loop(self) -> None:
         while True:
-            group = self._next_group()
-            try:
-                outputs = _compute(group[0].model, [r.inputs for r in group], group[0].enqueued)
-            except BaseException as e:  # every waiter must hear about the failure
+            self._serve(self._next_group())
+
+    def _serve(self, group: list[_Request]) -> None:
+        """Run a group as one forward; if that fails, run each job alone so that only the
+        job that breaks the model gets the error."""
+        try:
+            outputs = _compute(group[0].model, [r.inputs for r in group], group[0].enqueued)
+        except BaseException as e:  # every waiter must hear about the failure
+            if len(group) > 1:
                 for request in group:
-                    request.future.set_exception(e)
-                continue
-            for request, output in zip(group, outputs, strict=True):
-                output.batch_wait_ms = (time.perf_counter() - request.enqueued) * 1000 - (
-                    output.compute_ms
-                )
-                request.future.set_result(output)
+                    self._serve([request])
+                return
+            group[0].future.set_exception(e)
+            return
+        for request, output in zip(group, outputs, strict=True):
+            output.batch_wait_ms = (time.perf_counter() - request.enqueued) * 1000 - (
+                output.compute_ms
+            )
+            request.future.set_result(output)
 
     def _next_group(self) -> list[_Request]:
         with self._cond:
@@ -124,9 +133,9 @@ class MicroBatcher:
             return group
 
     def _take_same_model(self, group: list[_Request], room: int) -> int:
-        digest, taken = group[0].model.digest, 0
+        key, taken = group[0].model.key, 0
         for request in list(self._queue):
-            if request.model.digest == digest and len(request.inputs) <= room - taken:
+            if request.model.key == key and len(request.inputs) <= room - taken:
                 self._queue.remove(request)
                 group.append(request)
                 taken += len(request.inputs)

@@ -1,12 +1,16 @@
-"""The warm model cache: one per worker device, keyed by artifact digest, LRU under a byte budget.
+"""The warm model cache: one per worker device, keyed by artifact digest and backend, LRU under a
+byte budget.
 
-Loading verifies the artifact's digest, rebuilds the module, moves it to the device, and
-runs one warm-up forward pass, so the first real request pays nothing extra. Concurrent
-requests for a model being loaded wait for that one load instead of loading it again.
+Loading verifies the artifact's digest, builds a runner for the chosen backend (eager, eager
+under ``torch.compile``, or ONNX Runtime through :mod:`workers.backends`), moves it to the
+device, and runs one warm-up forward pass, so the first real request pays nothing extra.
+Concurrent requests for a model being loaded wait for that one load instead of loading it
+again. Listeners hear every hit, miss and eviction (the metrics module counts them).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -16,30 +20,36 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from shared.errors import IntegrityError, InvalidJob, UnsafeArtifact
 from shared.manifest import Manifest
-from workers.artifacts import ArtifactStore
+from workers.artifacts import ArtifactStore, Tensors
 from workers.modelio import build_module
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+CacheKey = tuple[str, str | None]
+Listener = Callable[[str, "LoadedModel"], None]
+BACKENDS = ("eager", "compile", "onnx")
+log = logging.getLogger("torchfleet.cache")
 
 
 @dataclass
 class LoadedModel:
+    """A model ready to serve: ``forward`` takes a float batch already on :attr:`device`."""
+
     digest: str
     manifest: Manifest
-    module: nn.Module
+    runner: Runner
     device: torch.device
     nbytes: int
-    channels_last: bool = False
+    backend: str = "eager"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What the micro-batcher groups by: the same weights run by the same backend."""
+        return self.digest, self.backend
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Logits for a ``(N, C, H, W)`` float batch already on :attr:`device`."""
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            if self.device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    return self.module(batch).float()
-            out: torch.Tensor = self.module(batch)
-            return out
+        return self.runner(batch)
 
 
 @dataclass
@@ -54,76 +64,173 @@ class ModelCache:
     store: ArtifactStore
     device: torch.device
     budget_bytes: int
-    on_evict: Callable[[str], None] | None = None
+    channels_last: bool = True
+    threads: int | None = None
+    listeners: list[Listener] = field(default_factory=list)
     stats: CacheStats = field(default_factory=CacheStats)
-    _models: OrderedDict[str, LoadedModel] = field(default_factory=OrderedDict)
+    _models: OrderedDict[CacheKey, LoadedModel] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _loading: dict[str, threading.Lock] = field(default_factory=dict)
+    _loading: dict[CacheKey, threading.Lock] = field(default_factory=dict)
 
-    def get(self, digest: str) -> tuple[LoadedModel, bool, float]:
-        """The model, whether it was already warm, and the milliseconds spent loading it."""
+    def get(self, digest: str, backend: str | None = None) -> tuple[LoadedModel, bool, float]:
+        """The model, whether it was already warm, and the milliseconds spent loading it.
+
+        ``backend`` None serves the backend the manifest names.
+        """
+        key: CacheKey = (digest, backend)
         with self._lock:
-            model = self._hit(digest)
+            model = self._hit(key)
             if model is not None:
                 return model, True, 0.0
-            load_lock = self._loading.setdefault(digest, threading.Lock())
+            load_lock = self._loading.setdefault(key, threading.Lock())
         with load_lock:
             with self._lock:
-                model = self._hit(digest)
+                model = self._hit(key)
                 if model is not None:
                     return model, True, 0.0
             start = time.perf_counter()
-            model = load_model(self.store, digest, self.device)
+            try:
+                model = load_model(
+                    self.store,
+                    digest,
+                    self.device,
+                    backend=backend,
+                    channels_last=self.channels_last,
+                    threads=self.threads,
+                )
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
             load_ms = (time.perf_counter() - start) * 1000
             with self._lock:
                 self.stats.misses += 1
-                self._models[digest] = model
-                self._evict_over_budget(keep=digest)
-                self._loading.pop(digest, None)
+                self._models[key] = model
+                evicted = self._evict_over_budget(keep=key)
+            self._notify("miss", model)
+            for old in evicted:
+                self._notify("evict", old)
             return model, False, load_ms
 
-    def _hit(self, digest: str) -> LoadedModel | None:
-        model = self._models.get(digest)
+    def _hit(self, key: CacheKey) -> LoadedModel | None:
+        model = self._models.get(key)
         if model is not None:
-            self._models.move_to_end(digest)
+            self._models.move_to_end(key)
             self.stats.hits += 1
+            self._notify("hit", model)
         return model
 
-    def _evict_over_budget(self, keep: str) -> None:
-        while self.used_bytes() > self.budget_bytes and len(self._models) > 1:
-            digest, _ = next(iter(self._models.items()))
-            if digest == keep:
+    def _evict_over_budget(self, keep: CacheKey) -> list[LoadedModel]:
+        evicted: list[LoadedModel] = []
+        while self._used() > self.budget_bytes and len(self._models) > 1:
+            key = next(iter(self._models))
+            if key == keep:
                 break
-            del self._models[digest]
+            evicted.append(self._models.pop(key))
             self.stats.evictions += 1
-            if self.on_evict:
-                self.on_evict(digest)
+        return evicted
+
+    def _notify(self, event: str, model: LoadedModel) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event, model)
+            except Exception:  # a broken metrics hook must never fail a request
+                log.exception("cache listener failed on %s", event)
+
+    def _used(self) -> int:
+        return sum(m.nbytes for m in self._models.values())
 
     def used_bytes(self) -> int:
-        return sum(m.nbytes for m in self._models.values())
+        with self._lock:
+            return self._used()
 
     def digests(self) -> list[str]:
         with self._lock:
-            return list(self._models)
+            return [digest for digest, _ in self._models]
 
 
-def load_model(store: ArtifactStore, digest: str, device: torch.device) -> LoadedModel:
-    """Verify, rebuild, place and warm one stored model."""
+def load_model(
+    store: ArtifactStore,
+    digest: str,
+    device: torch.device,
+    *,
+    backend: str | None = None,
+    channels_last: bool = True,
+    threads: int | None = None,
+) -> LoadedModel:
+    """Verify, rebuild, place and warm one stored model under the chosen (or its own) backend."""
     tensors, manifest = store.get_model(digest)
-    module = build_module(manifest, tensors)
-    placed = _place(module, device)
-    channels_last = device.type == "cuda" and any(
-        isinstance(m, nn.Conv2d) for m in module.modules()
-    )
-    if channels_last:
-        placed = placed.to(memory_format=torch.channels_last)
+    chosen = backend or manifest.backend
     nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
-    model = LoadedModel(digest, manifest, placed, _device_of(placed, device), nbytes, channels_last)
+    if chosen == "onnx":
+        runner, placed_on = onnx_runner(store, manifest, threads), torch.device("cpu")
+    elif chosen in ("eager", "compile"):
+        runner, placed_on = eager_runner(
+            manifest, tensors, device, channels_last=channels_last, compile=chosen == "compile"
+        )
+    else:
+        raise UnsafeArtifact(
+            f"backend {chosen!r} cannot be served (it would run code from the archive); "
+            f"ask for one of {', '.join(BACKENDS)}"
+        )
+    model = LoadedModel(digest, manifest, runner, placed_on, nbytes, chosen)
     warm_up(model)
     return model
 
 
+def eager_runner(
+    manifest: Manifest,
+    tensors: Tensors,
+    device: torch.device,
+    *,
+    channels_last: bool,
+    compile: bool = False,
+) -> tuple[Runner, torch.device]:
+    """The module rebuilt from safetensors, on the device, behind the fast paths."""
+    module = _place(build_module(manifest, tensors), device)
+    placed_on = _device_of(module, device)
+    is_cnn = any(isinstance(m, nn.Conv2d) for m in module.modules())
+    use_channels_last = channels_last and is_cnn
+    if use_channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    call: Callable[[torch.Tensor], torch.Tensor] = module
+    if compile:
+        call = torch.compile(module, dynamic=True)
+    autocast = placed_on.type == "cuda"
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        if use_channels_last and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if autocast:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return call(batch).float()
+            out: torch.Tensor = call(batch)
+            return out
+
+    return run, placed_on
+
+
+def onnx_runner(store: ArtifactStore, manifest: Manifest, threads: int | None) -> Runner:
+    """The variant's ONNX export (sha256-checked) in an ONNX Runtime session on the CPU."""
+    from workers.backends import OnnxBackend, onnx_export_record, read_export
+
+    try:
+        record = onnx_export_record(manifest)
+    except IntegrityError as e:
+        raise InvalidJob(
+            "this variant has no ONNX export; serve it with backend 'eager', or compress it "
+            "with an export_onnx step"
+        ) from e
+    backend = OnnxBackend(read_export(store, record), threads=threads)
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        return backend(batch)
+
+    return run
+
+
 def warm_up(model: LoadedModel) -> None:
+    """One forward pass on zeros: allocations, kernel choice and compilation happen here."""
     sample = torch.zeros((1, *model.manifest.input_shape), device=model.device)
     model.forward(sample)
 

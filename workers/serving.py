@@ -2,24 +2,62 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
-from shared.errors import JobExpired
+from shared.errors import JobExpired, TorchfleetError
 from shared.jobs import InferJob, InferResult, Latency
+from workers import metrics
 from workers.devices import describe
 from workers.inference import accuracy, decode_inputs, top_k
 from workers.runtime import Runtime
 
+log = logging.getLogger("torchfleet.worker")
+
+
+def prepare_serving(rt: Runtime) -> None:
+    """Worker start-up: cache options from settings, the metrics endpoint, the preload list."""
+    rt.cache.channels_last = rt.settings.channels_last
+    rt.cache.threads = rt.settings.torch_threads
+    if rt.settings.metrics_port is not None:
+        gpu = rt.device if rt.device.type == "cuda" else None
+        fleet = metrics.start_metrics(
+            describe(rt.device),
+            rt.cache.used_bytes,
+            port=rt.settings.metrics_port,
+            addr=rt.settings.metrics_addr,
+            gpu=gpu,
+        )
+        rt.cache.listeners.append(fleet.on_cache_event)
+    for ref in rt.settings.preload:
+        resolved = rt.registry.resolve(ref)
+        rt.cache.get(resolved.record.digest)
+        log.info("preloaded %s (%s)", ref, resolved.record.digest[:12])
+
 
 def serve(job: InferJob, rt: Runtime, job_id: str) -> InferResult:
     """Resolve the model, decode the inputs, run them (micro-batched), and build the result."""
+    try:
+        result = _serve(job, rt, job_id)
+    except TorchfleetError as e:
+        fleet = metrics.current()
+        if fleet is not None:
+            fleet.failed(e.code)
+        raise
+    fleet = metrics.current()
+    if fleet is not None:
+        fleet.observe(result)
+    return result
+
+
+def _serve(job: InferJob, rt: Runtime, job_id: str) -> InferResult:
     received = time.time()
     start = time.perf_counter()
     if job.deadline is not None and received > job.deadline:
         raise JobExpired(f"job {job_id} reached the worker after its deadline; not computed")
     with rt.batcher.slot() as slot:
         resolved = rt.registry.resolve(job.model)
-        model, cache_hit, load_ms = rt.cache.get(resolved.record.digest)
+        model, cache_hit, load_ms = rt.cache.get(resolved.record.digest, job.backend)
         decode_start = time.perf_counter()
         batch = decode_inputs(job.inputs, model.manifest, rt.settings.max_inputs_per_job)
         preprocess_ms = (time.perf_counter() - decode_start) * 1000

@@ -35,6 +35,16 @@ def loaded(module: nn.Module, digest: str = "d" * 64) -> LoadedModel:
     return LoadedModel(digest, manifest, module, torch.device("cpu"), 0)
 
 
+class Picky(Recorder):
+    """Fails any forward whose batch holds a negative value, like a model broken by one input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        if (x < 0).any():
+            raise RuntimeError("this input breaks the model")
+        return out
+
+
 def test_a_lone_job_runs_at_once_with_batch_size_one() -> None:
     recorder = Recorder()
     batcher = MicroBatcher(max_batch=16, max_wait_ms=10_000)
@@ -113,3 +123,69 @@ def test_oom_at_batch_one_is_a_transient_error() -> None:
 
     with pytest.raises(ResourceExhausted):
         forward_with_oom_backoff(forward, torch.zeros(1, 1))
+
+
+def test_a_job_that_breaks_the_forward_fails_alone() -> None:
+    picky = Picky()
+    model = loaded(picky)
+    batcher = MicroBatcher(max_batch=64, max_wait_ms=5_000)
+    picky.gate.clear()
+    jobs, bad = 5, 2
+    barrier = threading.Barrier(jobs)
+
+    def job(i: int) -> torch.Tensor:
+        with batcher.slot() as slot:
+            barrier.wait()
+            value = -1.0 if i == bad else float(i)
+            return batcher.run(model, torch.full((1, 3), value), slot).logits
+
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = [pool.submit(job, i) for i in range(jobs)]
+        picky.gate.set()
+        for i, future in enumerate(futures):
+            if i == bad:
+                with pytest.raises(RuntimeError, match="breaks the model"):
+                    future.result(timeout=30)
+            else:
+                assert future.result(timeout=30).tolist() == [[float(i)] * 3]
+    assert max(picky.sizes) > 1  # the jobs were merged before the failure split them
+
+
+def test_jobs_for_different_models_are_never_merged() -> None:
+    recorder = Recorder()
+    first, second = loaded(recorder, "a" * 64), loaded(recorder, "b" * 64)
+    batcher = MicroBatcher(max_batch=64, max_wait_ms=5_000)
+    recorder.gate.clear()
+    barrier = threading.Barrier(6)
+
+    def job(i: int) -> int:
+        with batcher.slot() as slot:
+            barrier.wait()
+            return batcher.run(first if i % 2 else second, torch.zeros(1, 3), slot).batch_size
+
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(job, i) for i in range(6)]
+        recorder.gate.set()
+        sizes = [f.result(timeout=30) for f in futures]
+    assert max(sizes) <= 3 and sum(recorder.sizes) == 6
+
+
+def test_batch_wait_is_reported_per_job() -> None:
+    recorder = Recorder()
+    model = loaded(recorder)
+    batcher = MicroBatcher(max_batch=64, max_wait_ms=5_000)
+    recorder.gate.clear()
+    barrier = threading.Barrier(4)
+
+    def job(i: int) -> float:
+        with batcher.slot() as slot:
+            barrier.wait()
+            out = batcher.run(model, torch.zeros(1, 3), slot)
+            assert out.batch_size >= 1 and out.compute_ms >= 0
+            return out.batch_wait_ms
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(job, i) for i in range(4)]
+        recorder.gate.set()
+        waits = [f.result(timeout=30) for f in futures]
+    assert all(w >= 0 for w in waits)

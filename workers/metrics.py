@@ -1,0 +1,147 @@
+"""Prometheus metrics of one worker: latency histograms per model, cache counters, memory gauges.
+
+:class:`FleetMetrics` owns its own registry (so tests can build as many as they like); the
+worker builds one at start-up with :func:`start_metrics`, which also serves it over HTTP
+on ``settings.metrics_port`` (off when unset). Everything here is a no-op until then.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from shared.jobs import InferResult
+
+log = logging.getLogger("torchfleet.metrics")
+
+LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+JOB_LABELS = ("model", "variant", "device")
+
+
+class _Gauges(Collector):
+    """Gauges read at scrape time: bytes held by the model cache, GPU memory in use."""
+
+    def __init__(self, device: str, cached_bytes: Callable[[], int], gpu: Any = None) -> None:
+        self.device = device
+        self.cached_bytes = cached_bytes
+        self.gpu = gpu
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        cached = GaugeMetricFamily(
+            "torchfleet_cache_bytes", "Bytes of weights held by the model cache.", labels=["device"]
+        )
+        cached.add_metric([self.device], float(self.cached_bytes()))
+        yield cached
+        if self.gpu is not None:
+            import torch
+
+            memory = GaugeMetricFamily(
+                "torchfleet_gpu_memory_bytes",
+                "GPU memory held by this worker's tensors (allocated and reserved).",
+                labels=["device", "kind"],
+            )
+            memory.add_metric(
+                [self.device, "allocated"], float(torch.cuda.memory_allocated(self.gpu))
+            )
+            memory.add_metric(
+                [self.device, "reserved"], float(torch.cuda.memory_reserved(self.gpu))
+            )
+            yield memory
+
+
+class FleetMetrics:
+    """The worker's metrics, in a registry of their own."""
+
+    def __init__(self, device: str, cached_bytes: Callable[[], int], gpu: Any = None) -> None:
+        self.device = device
+        self.registry = CollectorRegistry()
+        histogram = _factory(Histogram, self.registry)
+        self.queued_ms = histogram(
+            "torchfleet_queue_wait_ms", "Producer submit to worker start.", LATENCY_BUCKETS_MS
+        )
+        self.batch_wait_ms = histogram(
+            "torchfleet_batch_wait_ms", "Time waiting for a micro-batch.", LATENCY_BUCKETS_MS
+        )
+        self.compute_ms = histogram(
+            "torchfleet_compute_ms", "Forward pass of the (micro-)batch.", LATENCY_BUCKETS_MS
+        )
+        self.total_ms = histogram(
+            "torchfleet_worker_total_ms", "Worker time of one job, end to end.", LATENCY_BUCKETS_MS
+        )
+        self.batch_size = histogram(
+            "torchfleet_batch_size", "Inputs in the forward that served a job.", BATCH_BUCKETS
+        )
+        self.cache_events = {
+            event: Counter(
+                f"torchfleet_cache_{name}",
+                f"Model cache {name} on this worker.",
+                ["device"],
+                registry=self.registry,
+            )
+            for event, name in (("hit", "hits"), ("miss", "misses"), ("evict", "evictions"))
+        }
+        self.failures = Counter(
+            "torchfleet_infer_failures",
+            "Inference jobs that failed, by error code.",
+            ["code"],
+            registry=self.registry,
+        )
+        self.registry.register(_Gauges(device, cached_bytes, gpu))
+
+    def observe(self, result: InferResult) -> None:
+        """Record one answered inference job."""
+        labels = (result.model, result.variant, self.device)
+        latency = result.latency
+        self.queued_ms.labels(*labels).observe(latency.queued_ms)
+        self.batch_wait_ms.labels(*labels).observe(latency.batch_wait_ms)
+        self.compute_ms.labels(*labels).observe(latency.compute_ms)
+        self.total_ms.labels(*labels).observe(latency.total_worker_ms)
+        self.batch_size.labels(*labels).observe(result.batch_size)
+
+    def on_cache_event(self, event: str, _model: object = None) -> None:
+        """A listener for :class:`workers.cache.ModelCache`: ``hit``, ``miss`` or ``evict``."""
+        counter = self.cache_events.get(event)
+        if counter is not None:
+            counter.labels(self.device).inc()
+
+    def failed(self, code: str) -> None:
+        self.failures.labels(code).inc()
+
+
+def _factory(kind: type[Histogram], registry: CollectorRegistry) -> Callable[..., Histogram]:
+    def make(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+        return kind(name, doc, JOB_LABELS, buckets=buckets, registry=registry)
+
+    return make
+
+
+_metrics: FleetMetrics | None = None
+
+
+def current() -> FleetMetrics | None:
+    """The worker's metrics once :func:`start_metrics` ran (None before, and in producers)."""
+    return _metrics
+
+
+def start_metrics(
+    device: str,
+    cached_bytes: Callable[[], int],
+    *,
+    port: int | None,
+    addr: str = "0.0.0.0",
+    gpu: Any = None,
+) -> FleetMetrics:
+    """Build the worker's metrics and serve them on ``port`` (no server when ``port`` is None)."""
+    global _metrics
+    if _metrics is None:
+        _metrics = FleetMetrics(device, cached_bytes, gpu)
+        if port is not None:
+            start_http_server(port, addr=addr, registry=_metrics.registry)
+            log.info("metrics served on http://%s:%d/metrics", addr, port)
+    return _metrics
