@@ -10,6 +10,7 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 from shared.errors import InvalidJob
 from shared.settings import Settings
 from workers.runtime import effective_settings, start_runtime, stop_runtime
+from workers.serving import prepare_serving
 
 log = logging.getLogger("torchfleet.worker")
 
@@ -32,9 +33,7 @@ def _on_init(**_: Any) -> None:
 @worker_ready.connect
 def _on_ready(sender: Any = None, **_: Any) -> None:
     rt = start_runtime(worker=getattr(sender, "hostname", None))
-    for ref in rt.settings.preload:
-        resolved = rt.registry.resolve(ref)
-        rt.cache.get(resolved.record.digest)
+    prepare_serving(rt)  # cache options, metrics endpoint and cache counters, preload list
     log.info("torchfleet worker %s ready on %s", rt.worker, rt.device)
 
 
