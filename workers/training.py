@@ -249,8 +249,8 @@ def run_epoch(
     val_loss, val_accuracy = evaluate(parts, val)
     if not math.isfinite(val_loss):
         raise TrainingDiverged(
-            f"the validation loss became {val_loss} after epoch {epoch}; "
-            "lower the learning rate or clip gradients"
+            f"the loss became {val_loss} on the validation set at epoch {epoch}, step "
+            f"{len(train)} (the epoch's last); lower the learning rate or clip gradients"
         )
     return EpochRecord(
         epoch=epoch,
