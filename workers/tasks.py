@@ -150,3 +150,5 @@ def compress(self: Task, payload: Any) -> dict[str, Any]:
 def noop(payload: Any = None) -> Any:
     """Does nothing: its round trip is the queue's own cost, for `torchfleet bench`."""
     return payload
+
+import workers.bench_tasks  # noqa: E402, F401  (the `naive` task of `torchfleet bench`)
