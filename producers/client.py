@@ -10,6 +10,7 @@ It needs only Redis and the torch-free contracts in ``shared``::
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -23,18 +24,60 @@ from pydantic import ValidationError
 
 from shared.celery_app import create_app
 from shared.connection import redis_client
-from shared.errors import InvalidJob, JobFailed, JobTimeout, TorchfleetError
-from shared.jobs import CompressJob, InferJob, TrainJob, parse_job
-from shared.names import TASK_COMPRESS, TASK_INFER, TASK_TRAIN
+from shared.errors import InputError, InvalidJob, JobFailed, JobTimeout, TorchfleetError
+from shared.jobs import (
+    CompressJob,
+    GroupSummary,
+    InferJob,
+    JobGroup,
+    PipelineJob,
+    TrainJob,
+    parse_job,
+)
+from shared.names import (
+    ALL_QUEUES,
+    DEVICE_KINDS,
+    KEY_DEADLETTER,
+    KEY_GROUP_SUMMARY,
+    KEY_STATS,
+    KEY_WORKER,
+    PRIORITY_STEPS,
+    TASK_AGGREGATE,
+    TASK_COMPRESS,
+    TASK_INFER,
+    TASK_PIPELINE,
+    TASK_QUEUES,
+    TASK_TRAIN,
+    cancel_key,
+    device_queue,
+    group_key,
+    job_key,
+    queue_keys,
+    transport_priority,
+)
 from shared.registry import ModelRegistry
 from shared.settings import Settings, get_settings
 
-TASK_FOR_KIND = {"train": TASK_TRAIN, "compress": TASK_COMPRESS, "infer": TASK_INFER}
+TASK_FOR_KIND = {
+    "train": TASK_TRAIN,
+    "compress": TASK_COMPRESS,
+    "infer": TASK_INFER,
+    "pipeline": TASK_PIPELINE,
+}
 FINISHED = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 POLL_START_S = 0.002
 POLL_MAX_S = 0.25
 
-AnyJob = TrainJob | CompressJob | InferJob
+AnyJob = TrainJob | CompressJob | InferJob | PipelineJob
+STATS_PAGE = 10_000
+
+
+class UnknownJob(InputError):
+    """An id that was never submitted (or whose record expired with its result)."""
+
+    code = "unknown_job"
+
+
 ProgressFn = Callable[["JobState"], None]
 
 
@@ -74,21 +117,112 @@ class Client:
         self.registry = ModelRegistry(self.redis)
 
     # ------------------------------------------------------------ submit
-    def submit(self, job: AnyJob | dict[str, Any], *, job_id: str | None = None) -> str:
-        """Validate and enqueue any job; returns its id (the Celery task id)."""
-        model = job if isinstance(job, TrainJob | CompressJob | InferJob) else _validate(job)
-        if isinstance(model, InferJob) and model.submitted_at is None:
-            model = model.model_copy(update={"submitted_at": time.time()})
+    def submit(
+        self,
+        job: AnyJob | dict[str, Any],
+        *,
+        job_id: str | None = None,
+        priority: int | None = None,
+    ) -> str:
+        """Validate and enqueue any job; returns its id (the Celery task id).
+
+        ``priority`` (0 normal .. 9 most urgent; an inference job's own field by default) picks
+        the lane; a job whose ``device`` is cpu or cuda goes to that device's queue.
+        """
+        model = job if isinstance(job, AnyJob) else _validate(job)
+        if isinstance(model, PipelineJob) and model.source is not None:
+            self.registry.resolve(model.source)  # a missing source model fails here, not later
         job_id = job_id or uuid.uuid4().hex
         self.app.send_task(
             TASK_FOR_KIND[model.kind],
-            args=[model.model_dump(mode="json", exclude_none=True)],
+            args=[_payload(model)],
             task_id=job_id,
-            priority=getattr(model, "priority", None),
             retry=True,
             retry_policy={"max_retries": 10, "interval_start": 0.1, "interval_step": 0.5},
+            **self._route(model, priority),
         )
+        self._remember(job_id, model.kind)
         return job_id
+
+    def _route(self, model: AnyJob, priority: int | None) -> dict[str, Any]:
+        chosen = priority if priority is not None else getattr(model, "priority", 0)
+        options: dict[str, Any] = {"priority": transport_priority(chosen)}
+        if model.device in DEVICE_KINDS:
+            options["queue"] = device_queue(TASK_QUEUES[TASK_FOR_KIND[model.kind]], model.device)
+        return options
+
+    def _remember(self, *job_ids: str, kind: str = "job") -> None:
+        """Note ids as submitted (a SET each, expiring with results): unknown vs queued."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.set(job_key(job_id), kind, ex=self.settings.result_ttl_s)
+            pipe.execute()
+
+    def submit_pipeline(self, *, job_id: str | None = None, **spec: Any) -> str:
+        """Train (or take ``source``), compress, gate, promote, warm: a :class:`PipelineJob`."""
+        return self.submit(_validate({"kind": "pipeline", **spec}), job_id=job_id)
+
+    def submit_group(
+        self,
+        jobs: JobGroup | list[InferJob | dict[str, Any]],
+        *,
+        group_id: str | None = None,
+        aggregate: bool = True,
+    ) -> str:
+        """Submit inference jobs as one group; returns the group id for :meth:`group_results`.
+
+        With ``aggregate`` the jobs run as a Celery chord whose callback
+        (``torchfleet.aggregate``) stores the group's summary inside the fleet.
+        """
+        group = jobs if isinstance(jobs, JobGroup) else _validate_group(jobs)
+        group_id = group_id or f"g-{uuid.uuid4().hex}"
+        ids = [f"{group_id}-{i}" for i in range(len(group.jobs))]
+        record = {"job_ids": ids, "created_at": time.time()}
+        self.redis.set(group_key(group_id), json.dumps(record), ex=self.settings.result_ttl_s)
+        self._remember(*ids)
+        self._remember(group_id, kind="group")
+        signatures = [
+            self.app.signature(
+                TASK_INFER,
+                args=(_payload(job),),
+                task_id=job_id,
+                **self._route(job, None),
+            )
+            for job, job_id in zip(group.jobs, ids, strict=True)
+        ]
+        if not aggregate:
+            for signature in signatures:
+                signature.apply_async()
+            return group_id
+        from celery import chord
+
+        body = self.app.signature(TASK_AGGREGATE, args=(group_id,), immutable=True)
+        # A failed member fails the chord; the same task, as its errback, still aggregates.
+        body.link_error(self.app.signature(TASK_AGGREGATE, args=(group_id,), immutable=True))
+        chord(signatures, app=self.app)(body)
+        return group_id
+
+    def group_members(self, group_id: str) -> list[str]:
+        """The job ids of a group, or :class:`UnknownJob`."""
+        raw = self.redis.get(group_key(group_id))
+        if raw is None:
+            raise UnknownJob(f"no group {group_id!r} (never submitted, or expired)")
+        return list(json.loads(raw)["job_ids"])
+
+    def group_results(self, group_id: str) -> GroupSummary:
+        """Aggregate a group now: progress, outcomes, accuracy and latency percentiles."""
+        from producers.aggregate import member_from_meta, summarize_group
+
+        metas = read_metas(self.app, self.group_members(group_id))
+        return summarize_group(group_id, [member_from_meta(m) for m in metas])
+
+    def fleet_summary(self, group_id: str) -> GroupSummary | None:
+        """The summary the fleet's chord callback stored, once every member finished."""
+        raw = self.redis.get(f"{KEY_GROUP_SUMMARY}{group_id}")
+        return GroupSummary.model_validate_json(raw) if raw else None
+
+    def is_group(self, group_id: str) -> bool:
+        return bool(self.redis.exists(group_key(group_id)))
 
     def submit_train(self, *, job_id: str | None = None, **spec: Any) -> str:
         return self.submit(_validate({"kind": "train", **spec}), job_id=job_id)
@@ -170,8 +304,80 @@ class Client:
             ) from None
         return self.state(job_id)
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str) -> JobState:
+        """Cancel a queued or running job; its state before the cancel.
+
+        A queued job is dropped when a worker receives it; a running training job stops
+        after its current epoch. Unknown ids raise :class:`UnknownJob`; a finished job is
+        left as it is.
+        """
+        if not self.redis.exists(job_key(job_id)):
+            raise UnknownJob(f"no job {job_id!r} was submitted (or its record expired)")
+        state = self.state(job_id)
+        if state.finished:
+            return state
+        self.redis.set(cancel_key(job_id), "1", ex=self.settings.result_ttl_s)
         self.app.control.revoke(job_id, terminate=False)
+        return state
+
+    # ------------------------------------------------------------ operations
+    def status(self) -> dict[str, Any]:
+        """Live workers (heartbeat records), queue depths per priority lane, dead letters."""
+        workers = []
+        for key in sorted(self.redis.scan_iter(match=f"{KEY_WORKER}*", count=500)):
+            raw = self.redis.get(key)
+            if raw:
+                workers.append(json.loads(raw))
+        names = [*ALL_QUEUES, *(device_queue(q, d) for d in DEVICE_KINDS for q in ALL_QUEUES)]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                for key in queue_keys(name):
+                    pipe.llen(key)
+            pipe.llen(KEY_DEADLETTER)
+            counts = pipe.execute()
+        lanes = len(PRIORITY_STEPS)
+        queues = {}
+        for i, name in enumerate(names):
+            per_lane = counts[i * lanes : (i + 1) * lanes]
+            queues[name] = {
+                "depth": sum(per_lane),
+                "lanes": {str(s): int(n) for s, n in zip(PRIORITY_STEPS, per_lane, strict=True)},
+            }
+        return {
+            "time": time.time(),
+            "workers": sorted(workers, key=lambda w: str(w.get("name"))),
+            "queues": queues,
+            "deadletter": int(counts[-1]),
+        }
+
+    def stats_records(
+        self, *, since_s: float | None = None, model: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Records of the stats stream from ``since_s`` seconds ago (all kept if None)."""
+        from producers.aggregate import decode_record
+
+        start = f"{int((time.time() - since_s) * 1000)}-0" if since_s is not None else "-"
+        records: list[dict[str, Any]] = []
+        while True:
+            page: list[tuple[Any, Any]] = self.redis.xrange(  # type: ignore[assignment]
+                KEY_STATS, min=start, max="+", count=STATS_PAGE
+            )
+            records.extend(decode_record(fields) for _, fields in page)
+            if len(page) < STATS_PAGE:
+                break
+            last = page[-1][0].decode() if isinstance(page[-1][0], bytes) else page[-1][0]
+            start = f"({last}"
+        if model is not None:
+            records = [r for r in records if r.get("model") == model]
+        return records
+
+    def stats(
+        self, *, since_s: float | None = None, model: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Count, error rate, throughput and latency percentiles by model/variant/device/worker."""
+        from producers.aggregate import group_stats
+
+        return group_stats(self.stats_records(since_s=since_s, model=model), window_s=since_s)
 
     def close(self) -> None:
         self.redis.close()
@@ -182,6 +388,35 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_metas(app: Celery, job_ids: list[str]) -> list[dict[str, Any] | None]:
+    """The raw result-backend JSON of many jobs in one MGET (None where there is none yet)."""
+    if not job_ids:
+        return []
+    backend = app.backend
+    raw = backend.client.mget([backend.get_key_for_task(job_id) for job_id in job_ids])
+    return [json.loads(value) if value else None for value in raw]
+
+
+def _payload(model: AnyJob) -> dict[str, Any]:
+    if isinstance(model, InferJob) and model.submitted_at is None:
+        model = model.model_copy(update={"submitted_at": time.time()})
+    return model.model_dump(mode="json", exclude_none=True)
+
+
+def _validate_group(jobs: list[InferJob | dict[str, Any]]) -> JobGroup:
+    try:
+        return JobGroup.model_validate({"jobs": [_as_dict(j) for j in jobs]})
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        raise InvalidJob(f"invalid group: {problems}") from None
+
+
+def _as_dict(job: InferJob | dict[str, Any]) -> dict[str, Any]:
+    return job.model_dump(mode="json") if isinstance(job, InferJob) else job
 
 
 def _validate(spec: dict[str, Any]) -> AnyJob:

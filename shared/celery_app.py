@@ -10,7 +10,16 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from shared.connection import redis_url, ssl_options
-from shared.names import ALL_QUEUES, APP_NAME, TASK_QUEUES
+from shared.names import (
+    ALL_QUEUES,
+    APP_NAME,
+    DEVICE_KINDS,
+    PRIORITY_SEP,
+    PRIORITY_STEPS,
+    TASK_QUEUES,
+    device_queue,
+    transport_priority,
+)
 from shared.settings import Settings, get_settings
 
 
@@ -24,6 +33,15 @@ def create_app(settings: Settings | None = None) -> Celery:
         "socket_connect_timeout": 5,
         "retry_on_timeout": True,
     }
+    # Priority lanes: one Redis list per step; kombu pops lower steps first.
+    broker_transport = {
+        **transport,
+        "priority_steps": list(PRIORITY_STEPS),
+        "sep": PRIORITY_SEP,
+        "queue_order_strategy": "round_robin",
+    }
+    # Every queue, plus the device-only ones (infer.cpu, infer.cuda...) that device routing uses.
+    queue_names = [*ALL_QUEUES, *(device_queue(q, d) for d in DEVICE_KINDS for q in ALL_QUEUES)]
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -36,10 +54,11 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_track_started=True,
         result_extended=True,
         result_expires=settings.result_ttl_s,
-        task_queues=[Queue(name, Exchange(name), routing_key=name) for name in ALL_QUEUES],
+        task_queues=[Queue(name, Exchange(name), routing_key=name) for name in queue_names],
         task_default_queue=ALL_QUEUES[-1],
+        task_default_priority=transport_priority(0),
         task_routes={name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
-        broker_transport_options=transport,
+        broker_transport_options=broker_transport,
         result_backend_transport_options=transport,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

@@ -599,10 +599,13 @@ class CompressResult(Strict):
     device: str
 
 
+PipelineStage = Literal["train", "compress", "gate", "promote", "warm"]
+
+
 class StageReport(Strict):
     """One stage of a pipeline: what it did, how long it took, and why it stopped if it did."""
 
-    stage: Literal["train", "compress", "gate", "promote", "warm"]
+    stage: PipelineStage
     status: Literal["done", "failed", "skipped"]
     seconds: float = 0.0
     detail: dict[str, Any] = Field(default_factory=dict)

@@ -11,6 +11,14 @@ TASK_COMPRESS: Final = "torchfleet.compress"
 TASK_INFER: Final = "torchfleet.infer"
 TASK_NOOP: Final = "torchfleet.noop"
 TASK_NAIVE_INFER: Final = "torchfleet.naive_infer"
+TASK_PIPELINE: Final = "torchfleet.pipeline"
+TASK_PIPELINE_TRAIN: Final = "torchfleet.pipeline.train"
+TASK_PIPELINE_COMPRESS: Final = "torchfleet.pipeline.compress"
+TASK_PIPELINE_GATE: Final = "torchfleet.pipeline.gate"
+TASK_PIPELINE_PROMOTE: Final = "torchfleet.pipeline.promote"
+TASK_PIPELINE_WARM: Final = "torchfleet.pipeline.warm"
+TASK_AGGREGATE: Final = "torchfleet.aggregate"
+CONTROL_WARM: Final = "torchfleet_warm"  # broadcast control command: preload a digest
 
 QUEUE_TRAIN: Final = "train"
 QUEUE_COMPRESS: Final = "compress"
@@ -23,6 +31,13 @@ TASK_QUEUES: Final = {
     TASK_INFER: QUEUE_INFER,
     TASK_NOOP: QUEUE_INFER,
     TASK_NAIVE_INFER: QUEUE_INFER,
+    TASK_PIPELINE: QUEUE_COMPRESS,
+    TASK_PIPELINE_TRAIN: QUEUE_TRAIN,
+    TASK_PIPELINE_COMPRESS: QUEUE_COMPRESS,
+    TASK_PIPELINE_GATE: QUEUE_COMPRESS,
+    TASK_PIPELINE_PROMOTE: QUEUE_COMPRESS,
+    TASK_PIPELINE_WARM: QUEUE_COMPRESS,
+    TASK_AGGREGATE: QUEUE_INFER,
 }
 
 KEY_PREFIX: Final = "torchfleet:"
@@ -37,3 +52,55 @@ KEY_DELIVERIES: Final = KEY_PREFIX + "deliveries:"  # deliveries:{job_id} -> cou
 
 def model_key(name: str) -> str:
     return f"{KEY_MODEL}{name}"
+
+
+DEVICE_KINDS: Final = ("cpu", "cuda")
+# Redis transport priority lanes. kombu pops the lowest step first, so a job's priority
+# (0 normal .. 9 most urgent) is sent as 9 - priority: 7-9 -> lane 0, 0 -> lane 9.
+PRIORITY_STEPS: Final = (0, 3, 6, 9)
+PRIORITY_SEP: Final = "\x06\x16"  # kombu's default separator: queue + SEP + step
+MAX_PRIORITY: Final = 9
+HIGH_PRIORITY: Final = 7
+
+KEY_JOB: Final = KEY_PREFIX + "job:"  # job:{id} -> kind, set at submit (tells unknown ids)
+KEY_CANCEL: Final = KEY_PREFIX + "cancel:"  # cancel:{id} -> flag checked between epochs
+KEY_GROUP: Final = KEY_PREFIX + "group:"  # group:{id} -> JSON member ids
+KEY_GROUP_SUMMARY: Final = KEY_PREFIX + "group-summary:"  # group-summary:{id} -> JSON
+KEY_PIPELINE: Final = KEY_PREFIX + "pipeline:"  # pipeline:{id} -> JSON stage report
+
+
+def device_queue(queue: str, device: str) -> str:
+    """The queue only workers on ``device`` (cpu or cuda) consume: ``infer.cuda``."""
+    return f"{queue}.{device}"
+
+
+def queues_for(device: str, queues: list[str] | tuple[str, ...]) -> list[str]:
+    """Every queue a worker on ``device`` consumes: the shared ones, then its device's own.
+
+    ``device`` is a torch device string (``cpu``, ``cuda``, ``cuda:1``); ``auto`` adds none.
+    """
+    kind = device.split(":", 1)[0]
+    own = [device_queue(q, kind) for q in queues] if kind in DEVICE_KINDS else []
+    return [*queues, *own]
+
+
+def transport_priority(priority: int) -> int:
+    """The Redis transport priority for a job priority (higher job priority = popped first)."""
+    return MAX_PRIORITY - max(0, min(MAX_PRIORITY, priority))
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists holding one queue's messages, one per priority lane."""
+    return [queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
+
+
+def job_key(job_id: str) -> str:
+    return f"{KEY_JOB}{job_id}"
+
+
+def cancel_key(job_id: str) -> str:
+    return f"{KEY_CANCEL}{job_id}"
+
+
+def group_key(group_id: str) -> str:
+    return f"{KEY_GROUP}{group_id}"

@@ -16,9 +16,17 @@ from pydantic import ValidationError
 
 from shared.celery_app import create_app
 from shared.errors import InputError, InvalidJob, TorchfleetError, TransientError
-from shared.jobs import CompressJob, InferJob, TrainJob, parse_job
+from shared.jobs import AnyJob, CompressJob, InferJob, TrainJob, parse_job
 from shared.names import TASK_COMPRESS, TASK_INFER, TASK_NOOP, TASK_TRAIN
 from workers.context import JobContext
+from workers.control import (
+    JobCancelled,
+    cancellable,
+    check_deadline,
+    end_cancelled,
+    is_cancelled,
+    poke_heartbeat,
+)
 from workers.runtime import Runtime, get_runtime
 from workers.stats import infer_fields, record_job
 
@@ -35,7 +43,7 @@ def backoff_s(retries: int) -> float:
     return float(min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**retries))
 
 
-def validate(payload: Any, kind: str) -> TrainJob | CompressJob | InferJob:
+def validate(payload: Any, kind: str) -> AnyJob:
     """The job model, or :class:`InvalidJob` listing every problem pydantic found."""
     if not isinstance(payload, dict):
         raise InvalidJob(f"a job must be a JSON object, not {type(payload).__name__}")
@@ -70,7 +78,7 @@ def context(task: Task, rt: Runtime) -> JobContext:
         store=rt.store,
         registry=rt.registry,
         settings=rt.settings,
-        progress=progress,
+        progress=cancellable(progress, rt.client, task.request.id),
     )
 
 
@@ -84,7 +92,13 @@ def run_job(
     started = time.perf_counter()
     try:
         job = validate(payload, kind)
+        check_deadline(job, task.request.id)
+        if is_cancelled(rt.client, task.request.id):
+            raise JobCancelled(f"job {task.request.id} was cancelled before it started")
         result = execute(job, rt, task)
+    except JobCancelled:
+        _record(rt, kind, task.request.id, "cancelled", started)
+        end_cancelled(task)
     except TransientError as e:
         _record(rt, kind, task.request.id, "retry", started, error=e.code)
         raise task.retry(
@@ -111,6 +125,7 @@ def _record(
     record_job(
         rt.client, rt.settings.stats_maxlen, kind=kind, job_id=job_id, outcome=outcome, **fields
     )
+    poke_heartbeat()
 
 
 def _infer(job: InferJob, rt: Runtime, task: Task) -> dict[str, Any]:
@@ -150,5 +165,9 @@ def compress(self: Task, payload: Any) -> dict[str, Any]:
 def noop(payload: Any = None) -> Any:
     """Does nothing: its round trip is the queue's own cost, for `torchfleet bench`."""
     return payload
+
+
+# Task modules that build on run_job: pipeline stages, and the chord callback of job groups.
+from workers import groups, pipeline  # noqa: E402, F401
 
 import workers.bench_tasks  # noqa: E402, F401  (the `naive` task of `torchfleet bench`)

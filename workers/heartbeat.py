@@ -1,0 +1,102 @@
+"""The worker's heartbeat: a Redis record with a TTL that `torchfleet status` reads.
+
+A daemon thread rewrites ``torchfleet:worker:{name}`` every few seconds (and soon after each
+job), with a TTL of a few intervals, so a worker that dies drops out of `status` by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from shared.names import KEY_WORKER
+from workers.runtime import Runtime
+
+log = logging.getLogger("torchfleet.worker")
+
+DEFAULT_INTERVAL_S = 5.0
+TTL_INTERVALS = 3
+MIN_GAP_S = 0.2  # pokes closer together than this share one write
+
+
+def worker_key(name: str) -> str:
+    return f"{KEY_WORKER}{name}"
+
+
+def worker_record(rt: Runtime, queues: list[str], started_at: float) -> dict[str, Any]:
+    """What `torchfleet status` shows about one worker."""
+    return {
+        "name": rt.worker,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "device": str(rt.device),
+        "gpu_lease": rt.lease.uuid if rt.lease is not None else None,
+        "queues": queues,
+        "cached": rt.cache.digests(),
+        "cache_bytes": rt.cache.used_bytes(),
+        "jobs": dict(rt.counters),
+        "started_at": started_at,
+        "last_seen": time.time(),
+    }
+
+
+class Heartbeat:
+    """Writes :func:`worker_record` every ``interval_s``, and soon after :meth:`poke`."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        queues: Callable[[], list[str]],
+        interval_s: float = DEFAULT_INTERVAL_S,
+    ) -> None:
+        self.rt = rt
+        self.queues = queues
+        self.interval_s = interval_s
+        self.started_at = time.time()
+        self.key = worker_key(rt.worker)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self.beat()
+        self._thread.start()
+
+    def beat(self) -> None:
+        """Write the record now (errors are logged: a Redis blip must not kill the thread)."""
+        record = worker_record(self.rt, self.queues(), self.started_at)
+        ttl = max(1, int(self.interval_s * TTL_INTERVALS))
+        try:
+            self.rt.client.set(self.key, json.dumps(record), ex=ttl)
+        except redis.RedisError as e:
+            log.warning("heartbeat of %s not written: %s", self.rt.worker, e)
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop beating and delete the record: a clean shutdown leaves no ghost."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval_s)
+        with contextlib.suppress(redis.RedisError):
+            self.rt.client.delete(self.key)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.interval_s)
+            if self._stop.is_set():
+                return
+            self._wake.clear()
+            self.beat()
+            self._stop.wait(MIN_GAP_S)
