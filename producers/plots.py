@@ -53,3 +53,52 @@ def plot_learning_curve(result: dict[str, Any], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_latency(
+    records: list[dict[str, Any]],
+    path: str,
+    *,
+    field: str = "total_worker_ms",
+    bucket_s: float | None = None,
+) -> dict[str, Any]:
+    """Write a PNG of latency percentiles over time (bucketed) and per worker.
+
+    ``records`` are decoded stats-stream records (``Client.stats_records``); only successful
+    jobs that carry ``field`` count (``wall_ms`` covers every job kind). Returns the plotted
+    figures: the bucket width and the per-bucket and per-worker percentiles.
+    """
+    from producers.aggregate import bucket_stats, choose_bucket_s, group_stats
+
+    usable = [r for r in records if r.get("outcome") == "success" and field in r]
+    if not usable:
+        raise ValueError(f"no successful jobs with {field!r} in the selected records to plot")
+    stamps = [float(r["ts"]) for r in usable]
+    width = bucket_s or choose_bucket_s(max(stamps) - min(stamps))
+    buckets = bucket_stats(usable, bucket_s=width, field=field)
+    workers = [g for g in group_stats(usable, group_by=("worker",)) if field in g["latency_ms"]]
+    plt = _pyplot()
+    fig, (ax_time, ax_workers) = plt.subplots(1, 2, figsize=(13, 4.2))
+    origin = buckets[0]["start"]
+    xs = [b["start"] - origin for b in buckets]
+    for q, style in (("p50", "-o"), ("p95", "-s"), ("p99", "-^")):
+        ax_time.plot(xs, [b[q] for b in buckets], style, markersize=3, label=q)
+    ax_time.set_title(f"{field} over time ({width:g} s buckets)")
+    ax_time.set_xlabel("seconds since first bucket")
+    ax_time.set_ylabel("ms")
+    ax_time.legend()
+    names = [str(g["worker"]) for g in workers]
+    positions = range(len(names))
+    for offset, q in ((-0.27, "p50"), (0.0, "p95"), (0.27, "p99")):
+        values = [g["latency_ms"][field][q] for g in workers]
+        ax_workers.bar([p + offset for p in positions], values, width=0.27, label=q)
+    ax_workers.set_xticks(list(positions), [n.split("@")[0] for n in names], rotation=20)
+    ax_workers.set_title(f"{field} per worker")
+    ax_workers.set_ylabel("ms")
+    ax_workers.legend()
+    for ax in (ax_time, ax_workers):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return {"field": field, "bucket_s": width, "buckets": buckets, "workers": workers}
