@@ -226,12 +226,18 @@ def worker(
     unknown = set(queues.split(",")) - set(ALL_QUEUES)
     if unknown:
         fail(EXIT_INPUT, f"unknown queue(s) {sorted(unknown)}; known: {', '.join(ALL_QUEUES)}")
-    from workers.runtime import configure
+    from workers.runtime import configure, effective_settings, start_runtime
+    from workers.signals import check_security
 
     configure(device=device, batching=batching)
     from workers.tasks import app as celery_app
 
     hostname = name or f"torchfleet-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
+    try:  # here, not in a Celery signal (which would log and swallow the error)
+        check_security(effective_settings())
+        start_runtime(worker=hostname)
+    except (TorchfleetError, RedisConnectionError) as e:
+        fail(EXIT_INPUT if isinstance(e, InputError) else EXIT_UNREACHABLE, str(e))
     celery_app.worker_main(
         [
             "worker", "--queues", queues, "--pool", "threads", "--concurrency", str(concurrency),
