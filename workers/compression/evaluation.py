@@ -7,6 +7,7 @@ alike; p50/p95 are over ``iters`` timed calls after ``warmup`` untimed ones.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -39,8 +40,8 @@ class Percentiles:
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile of ``values`` (``q`` in [0, 100])."""
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
+    rank = min(len(ordered), max(1, math.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1]
 
 
 def count_weights(module: nn.Module) -> int:

@@ -65,8 +65,8 @@ def to_torchscript(module: nn.Module, sample: torch.Tensor) -> tuple[bytes, Runn
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(module, sample, check_trace=False)
-    buffer = io.BytesIO()
-    torch.jit.save(traced, buffer)
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
     return buffer.getvalue(), traced
 
 
