@@ -196,9 +196,12 @@ class Client:
             return group_id
         from celery import chord
 
-        body = self.app.signature(TASK_AGGREGATE, args=(group_id,), immutable=True)
+        body, errback = (
+            self.app.signature(TASK_AGGREGATE, args=(group_id,), immutable=True, task_id=task_id)
+            for task_id in aggregate_ids(group_id)
+        )
         # A failed member fails the chord; the same task, as its errback, still aggregates.
-        body.link_error(self.app.signature(TASK_AGGREGATE, args=(group_id,), immutable=True))
+        body.link_error(errback)
         chord(signatures, app=self.app)(body)
         return group_id
 
@@ -220,6 +223,17 @@ class Client:
         """The summary the fleet's chord callback stored, once every member finished."""
         raw = self.redis.get(f"{KEY_GROUP_SUMMARY}{group_id}")
         return GroupSummary.model_validate_json(raw) if raw else None
+
+    def wait_fleet_summary(self, group_id: str, *, timeout: float | None = None) -> GroupSummary:
+        """Wait for the fleet's chord callback (or its errback, if a member failed)."""
+        self.group_members(group_id)
+        body, errback = aggregate_ids(group_id)
+        state = self.wait_state(body, timeout=timeout)
+        if state.status != "SUCCESS":  # the chord failed: its errback aggregates instead
+            state = self.wait_state(errback, timeout=timeout)
+        if state.result is None:
+            raise JobFailed(errback, state.error_code or "failed", state.error or state.status)
+        return GroupSummary.model_validate(state.result)
 
     def is_group(self, group_id: str) -> bool:
         return bool(self.redis.exists(group_key(group_id)))
@@ -388,6 +402,11 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def aggregate_ids(group_id: str) -> tuple[str, str]:
+    """Task ids of a group's chord callback and of its errback."""
+    return f"{group_id}-aggregate", f"{group_id}-aggregate-on-error"
 
 
 def read_metas(app: Celery, job_ids: list[str]) -> list[dict[str, Any] | None]:
