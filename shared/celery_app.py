@@ -39,6 +39,10 @@ def create_app(settings: Settings | None = None) -> Celery:
         "priority_steps": list(PRIORITY_STEPS),
         "sep": PRIORITY_SEP,
         "queue_order_strategy": "round_robin",
+        # Jobs of a dead worker come back after the visibility timeout; sweep for them often.
+        "unacked_restore_interval": settings.restore_interval_s,
+        "unacked_restore_throttle": 1,
+        "health_check_interval": 10,
     }
     # Every queue, plus the device-only ones (infer.cpu, infer.cuda...) that device routing uses.
     queue_names = [*ALL_QUEUES, *(device_queue(q, d) for d in DEVICE_KINDS for q in ALL_QUEUES)]
@@ -61,6 +65,11 @@ def create_app(settings: Settings | None = None) -> Celery:
         broker_transport_options=broker_transport,
         result_backend_transport_options=transport,
         broker_connection_retry_on_startup=True,
+        broker_connection_retry=True,
+        # A Redis restart must not lose a result: the backend retries its writes and reads.
+        result_backend_always_retry=True,
+        result_backend_max_retries=30,
+        result_backend_max_sleep_between_retries_ms=2000,
         broker_connection_max_retries=None,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_send_task_events=True,

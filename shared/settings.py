@@ -43,6 +43,15 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(
         default=3, ge=1, description="Deliveries before a job goes to the dead-letter list."
     )
+    restore_interval_s: int = Field(
+        default=10,
+        ge=1,
+        description="Seconds between a worker's sweeps that restore jobs of dead workers.",
+    )
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Python modules a worker imports at start (extra architectures, datasets).",
+    )
     max_payload_bytes: int = Field(
         default=16 * 1024 * 1024, gt=0, description="Largest accepted inference input."
     )

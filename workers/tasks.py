@@ -27,6 +27,7 @@ from workers.control import (
     is_cancelled,
     poke_heartbeat,
 )
+from workers.reliability import DeviceFault, admit, is_fatal_device_error, request_replacement
 from workers.runtime import Runtime, get_runtime
 from workers.stats import infer_fields, record_job
 
@@ -91,6 +92,7 @@ def run_job(
     rt = get_runtime()
     started = time.perf_counter()
     try:
+        admit(rt.client, rt.settings, task.request, rt.worker, payload)
         job = validate(payload, kind)
         check_deadline(job, task.request.id)
         if is_cancelled(rt.client, task.request.id):
@@ -110,6 +112,12 @@ def run_job(
     except TorchfleetError as e:
         _record(rt, kind, task.request.id, "error", started, error=str(e)[:200])
         raise
+    except Exception as e:
+        if not is_fatal_device_error(e):
+            raise
+        _record(rt, kind, task.request.id, "device_fault", started, error=str(e)[:200])
+        request_replacement()  # warm shutdown; the supervisor starts a fresh process
+        raise DeviceFault(f"unrecoverable device error, worker {rt.worker} is replaced: {e}") from e
     extra = infer_fields(result) if kind == "infer" else {"model": result.get("model")}
     _record(rt, kind, task.request.id, "success", started, **extra)
     return result

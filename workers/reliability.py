@@ -1,0 +1,288 @@
+"""Delivery counting, the dead-letter list, payload limits and fatal device faults.
+
+Celery on Redis delivers at least once: a job whose worker dies is restored to its queue
+after the visibility timeout and delivered again. These helpers keep that from turning
+into a loss, a loop or a silent duplicate:
+
+* every delivery of a job id is counted in ``deliveries:{id}`` (a hash: ``delivered``,
+  ``executed``); past ``settings.max_deliveries`` the job goes to the dead-letter list
+  instead of running again (a poison job that kills its worker would otherwise loop);
+* ``executed`` counts the deliveries that actually computed, so duplicates are measurable;
+* a payload larger or deeper than the limits is refused before validation;
+* an unrecoverable device error fails the job and asks the worker to shut down warmly
+  with :data:`EXIT_DEVICE_FAULT`, so that its supervisor starts a fresh process.
+
+This module is torch-free: the producer side imports it for the dead-letter commands.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+from celery.signals import worker_init
+from pydantic import BaseModel, Field
+
+from shared.errors import InputError, InvalidJob, TorchfleetError
+from shared.names import KEY_DEADLETTER, KEY_DELIVERIES, TASK_QUEUES
+
+EXIT_DEVICE_FAULT = 75  # EX_TEMPFAIL: "replace me"; compose's restart policy starts a new one
+MAX_JSON_DEPTH = 32
+DEADLETTER_MAX = 10_000
+REASON_DELIVERIES = "delivered {n} times without finishing (max_deliveries={k})"
+FATAL_DEVICE_MARKERS = (
+    "cuda error",
+    "device-side assert",
+    "illegal memory access",
+    "unspecified launch failure",
+    "cublas_status",
+    "cudnn_status",
+    "cudnn error",
+    "nccl error",
+    "ecc error",
+    "cuda driver",
+)
+
+__all__ = [
+    "EXIT_DEVICE_FAULT",
+    "DeadLetter",
+    "DeadLettered",
+    "DeviceFault",
+    "PayloadTooLarge",
+    "admit",
+    "check_payload",
+    "count_delivery",
+    "count_execution",
+    "dead_letter",
+    "delivery_counts",
+    "is_fatal_device_error",
+    "list_dead_letters",
+    "load_plugins",
+    "requeue",
+]
+
+
+class DeadLettered(InputError):
+    """The job was delivered too often without finishing; it now waits in the dead letters."""
+
+    code = "dead_lettered"
+
+
+class PayloadTooLarge(InvalidJob):
+    code = "payload_too_large"
+
+
+class DeviceFault(TorchfleetError):
+    """An unrecoverable accelerator error: the job fails and the worker process is replaced."""
+
+    code = "device_fault"
+
+
+class DeadLetter(BaseModel):
+    """One entry of the dead-letter list (stored as JSON in ``torchfleet:deadletter``)."""
+
+    job_id: str
+    task: str
+    args: list[Any] = Field(default_factory=list)
+    reason: str
+    deliveries: int
+    time: float = Field(default_factory=time.time)
+    worker: str | None = None
+
+
+# ----------------------------------------------------------------- delivery counts
+def deliveries_key(job_id: str) -> str:
+    return f"{KEY_DELIVERIES}{job_id}"
+
+
+def _incr(client: redis.Redis, job_id: str, name: str, ttl_s: int) -> int:
+    with client.pipeline(transaction=True) as pipe:
+        pipe.hincrby(deliveries_key(job_id), name, 1)
+        pipe.expire(deliveries_key(job_id), ttl_s)
+        count, _ = pipe.execute()
+    return int(count)
+
+
+def count_delivery(client: redis.Redis, job_id: str, ttl_s: int) -> int:
+    """Count one more delivery of ``job_id``; returns how many there have been."""
+    return _incr(client, job_id, "delivered", ttl_s)
+
+
+def count_execution(client: redis.Redis, job_id: str, ttl_s: int) -> int:
+    """Count one more delivery that computes (not answered from a stored result)."""
+    return _incr(client, job_id, "executed", ttl_s)
+
+
+def delivery_counts(client: redis.Redis, job_id: str) -> dict[str, int]:
+    """``{"delivered": n, "executed": m}`` for a job (zeros if never delivered)."""
+    raw = client.hgetall(deliveries_key(job_id))
+    counts = {"delivered": 0, "executed": 0}
+    for key, value in raw.items():
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        counts[name] = int(value)
+    return counts
+
+
+# ----------------------------------------------------------------- dead letters
+def dead_letter(client: redis.Redis, entry: DeadLetter) -> None:
+    """Append an entry to the dead-letter list (capped so a storm cannot fill Redis)."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.rpush(KEY_DEADLETTER, entry.model_dump_json())
+        pipe.ltrim(KEY_DEADLETTER, -DEADLETTER_MAX, -1)
+        pipe.execute()
+
+
+def list_dead_letters(client: redis.Redis) -> list[DeadLetter]:
+    """Every dead-letter entry, oldest first (unreadable entries are skipped)."""
+    entries = []
+    for raw in client.lrange(KEY_DEADLETTER, 0, -1):
+        try:
+            entries.append(DeadLetter.model_validate_json(raw))
+        except ValueError:
+            continue
+    return entries
+
+
+def requeue(client: redis.Redis, app: Any, job_ids: Iterable[str] | None = None) -> list[str]:
+    """Send dead-lettered jobs again under their own ids (all of them if ``job_ids`` is None).
+
+    Each entry leaves the list, its delivery count restarts at zero and its failed result
+    is forgotten, so the producer's ``wait`` sees the new run.
+    """
+    wanted = None if job_ids is None else set(job_ids)
+    sent = []
+    for raw in client.lrange(KEY_DEADLETTER, 0, -1):
+        try:
+            entry = DeadLetter.model_validate_json(raw)
+        except ValueError:
+            continue
+        if wanted is not None and entry.job_id not in wanted:
+            continue
+        if not client.lrem(KEY_DEADLETTER, 1, raw):  # type: ignore[arg-type]
+            continue  # another requeue took it first
+        client.delete(deliveries_key(entry.job_id))
+        app.backend.forget(entry.job_id)
+        app.send_task(
+            entry.task,
+            args=entry.args,
+            task_id=entry.job_id,
+            queue=TASK_QUEUES.get(entry.task),
+        )
+        sent.append(entry.job_id)
+    return sent
+
+
+def admit(client: redis.Redis, settings: Any, request: Any, worker: str, payload: Any) -> None:
+    """Gate one delivery before it runs: count it, dead-letter it if it came too often,
+    refuse an oversized payload, and count it as executed.
+
+    ``request`` is the Celery task request (id, task name, args, retries). Retries that the
+    task asked for itself (transient errors) are not held against the job.
+    """
+    delivered = count_delivery(client, request.id, settings.result_ttl_s)
+    unexplained = delivered - (request.retries or 0)
+    if unexplained > settings.max_deliveries:
+        entry = entry_for(
+            request.id, request.task, request.args, unexplained, settings.max_deliveries, worker
+        )
+        dead_letter(client, entry)
+        raise DeadLettered(
+            f"job {request.id} {entry.reason}; it is in the dead-letter list: inspect it with "
+            "`torchfleet deadletter list`, requeue it with `torchfleet deadletter requeue`"
+        )
+    check_payload(payload, settings.max_payload_bytes)
+    count_execution(client, request.id, settings.result_ttl_s)
+
+
+# ----------------------------------------------------------------- payload limits
+def check_payload(payload: Any, max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuse a job payload over ``max_bytes`` (approximate JSON size) or nested too deeply.
+
+    Walks the decoded JSON without recursion, so a hostile nesting cannot blow the stack.
+    """
+    size = 0
+    stack: list[tuple[Any, int]] = [(payload, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > max_depth:
+            raise InvalidJob(f"the job nests deeper than {max_depth} levels")
+        if isinstance(value, dict):
+            size += 2
+            for key, item in value.items():
+                size += len(str(key)) + 4
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            size += 2
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str):
+            size += len(value) + 2
+        else:
+            size += 8
+        if size > max_bytes:
+            raise PayloadTooLarge(
+                f"the job is larger than max_payload_bytes={max_bytes}; send fewer inputs "
+                "per job or raise TORCHFLEET_MAX_PAYLOAD_BYTES"
+            )
+
+
+# ----------------------------------------------------------------- device faults
+def is_fatal_device_error(error: BaseException) -> bool:
+    """An accelerator error the process cannot recover from (not an out-of-memory)."""
+    if isinstance(error, TorchfleetError):
+        return False
+    text = str(error).lower()
+    if "out of memory" in text:
+        return False
+    if type(error).__name__ == "AcceleratorError":
+        return True
+    return isinstance(error, RuntimeError) and any(m in text for m in FATAL_DEVICE_MARKERS)
+
+
+def request_replacement(exit_code: int = EXIT_DEVICE_FAULT) -> None:
+    """Ask the Celery worker for a warm shutdown that exits with ``exit_code``.
+
+    Running jobs finish and are acknowledged (this one's failure included); then the
+    process exits and its supervisor (compose ``restart: unless-stopped``) starts another.
+    """
+    from celery.worker import state
+
+    state.should_stop = exit_code
+
+
+# ----------------------------------------------------------------- plugins
+@worker_init.connect
+def _on_worker_init(**_: Any) -> None:
+    from workers.runtime import effective_settings
+
+    load_plugins(effective_settings().plugins)
+
+
+def load_plugins(modules: Iterable[str]) -> list[str]:
+    """Import modules named in ``settings.plugins`` (extra architectures or datasets)."""
+    loaded = []
+    for name in modules:
+        importlib.import_module(name)
+        loaded.append(name)
+    return loaded
+
+
+def entry_for(
+    job_id: str, task: str, args: Any, deliveries: int, limit: int, worker: str
+) -> DeadLetter:
+    """The dead-letter entry for a job delivered ``deliveries`` times."""
+    return DeadLetter(
+        job_id=job_id,
+        task=task,
+        args=list(args or []),
+        reason=REASON_DELIVERIES.format(n=deliveries - 1, k=limit),
+        deliveries=deliveries,
+        worker=worker,
+    )
+
+
+def dumps(entries: Iterable[DeadLetter]) -> str:
+    return json.dumps([e.model_dump(mode="json") for e in entries], indent=2)
