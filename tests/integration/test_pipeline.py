@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 WAIT_S = 240
 DIGITS = {"name": "digits", "limit": 300, "image_size": 8, "channels": 1}
-QUICK = {"latency_iters": 3, "warmup_iters": 0}
+QUICK: dict[str, Any] = {"latency_iters": 3, "warmup_iters": 0}
 
 
 @pytest.fixture(scope="module")

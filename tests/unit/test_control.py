@@ -37,7 +37,9 @@ def test_serves_inference() -> None:
 
 
 def test_check_deadline() -> None:
-    job = PipelineJob(source="m", steps=[{"method": "quantize_dynamic"}], deadline=100.0)
+    job = PipelineJob.model_validate(
+        {"source": "m", "steps": [{"method": "quantize_dynamic"}], "deadline": 100.0}
+    )
     check_deadline(job, "j", now=99.0)
     with pytest.raises(JobExpired, match="after its deadline"):
         check_deadline(job, "j", now=101.0)
