@@ -20,10 +20,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import redis
 import torch
 from torch import nn
 
-from shared.errors import InvalidJob, ResourceExhausted, TrainingDiverged
+from shared.errors import BrokerUnavailable, InvalidJob, ResourceExhausted, TrainingDiverged
 from shared.jobs import EpochRecord, Scalar, TrainJob, TrainResult
 from shared.manifest import Manifest
 from shared.registry import BASE_VARIANT, VariantRecord
@@ -376,13 +377,19 @@ def register(
         lineage=lineage(job, ctx, resumed_from),
     )
     stored = ctx.store.put_model(run.best_weights, manifest)
-    if run.version is None:
-        run.version = ctx.registry.new_version(job.model_name)
-        save_checkpoint(ctx, job, parts, run)
     record = VariantRecord(
         digest=stored.sha256, arch=job.arch, method="train", metrics=metrics, job_id=ctx.job_id
     )
-    ctx.registry.register(job.model_name, run.version, BASE_VARIANT, record)
-    for alias in job.aliases:
-        ctx.registry.set_alias(job.model_name, alias, run.version)
+    try:
+        if run.version is None:
+            run.version = ctx.registry.new_version(job.model_name)
+            save_checkpoint(ctx, job, parts, run)
+        ctx.registry.register(job.model_name, run.version, BASE_VARIANT, record)
+        for alias in job.aliases:
+            ctx.registry.set_alias(job.model_name, alias, run.version)
+    except redis.RedisError as e:
+        raise BrokerUnavailable(
+            f"could not register {job.model_name} in Redis ({e}); the job is retried and "
+            "resumes from its checkpoint"
+        ) from e
     return stored.sha256, stored.size_bytes

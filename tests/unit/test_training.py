@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import redis
 import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from shared.errors import DatasetNotFound, InvalidJob, TrainingDiverged
+from shared.embedded import free_port
+from shared.errors import BrokerUnavailable, DatasetNotFound, InvalidJob, TrainingDiverged
 from shared.jobs import TrainJob, TrainResult
 from shared.registry import ModelRegistry
 from shared.settings import Settings
@@ -178,6 +181,18 @@ def test_a_job_redelivered_after_registration_keeps_its_version(
     assert again.version == first.version == 1
     assert again.resumed_from_epoch == 1 and again.model_digest == first.model_digest
     assert list(registry.describe("tiny")["versions"]) == ["1"]
+
+
+def test_a_registry_outage_is_transient_and_the_retry_resumes(
+    make_ctx: MakeContext, store: ArtifactStore
+) -> None:
+    job = tiny_job(epochs=1)
+    unreachable = ModelRegistry(redis.Redis(port=free_port(), socket_connect_timeout=0.2))
+    with pytest.raises(BrokerUnavailable, match="resumes from its checkpoint"):
+        execute(job, dataclasses.replace(make_ctx("job-o"), registry=unreachable))
+    assert store.get_checkpoint("job-o") is not None
+    retried = execute(job, make_ctx("job-o"))
+    assert retried.resumed_from_epoch == 1 and retried.version == 1
 
 
 def test_early_stopping_stops_when_validation_loss_stops_falling(make_ctx: MakeContext) -> None:
