@@ -1,13 +1,21 @@
-"""Turn arrays and image files into job inputs without torch (numpy only when given numpy)."""
+"""Turn arrays and image files into job inputs without torch (numpy only when given numpy).
+
+Tensors travel as base64 of their raw little-endian bytes; pybase64 (SIMD, in the worker
+extra) encodes them about 50x faster than the standard library when it is installed.
+"""
 
 from __future__ import annotations
 
 import array
-import base64
 from pathlib import Path
 from typing import Any
 
 from shared.jobs import ImagePayload, TensorPayload
+
+try:
+    import pybase64 as fast_base64
+except ImportError:  # the light producer install: the standard library is fine
+    import base64 as fast_base64  # type: ignore[no-redef]
 
 ARRAY_CODES = {"float32": "f", "float64": "d", "uint8": "B", "int64": "q"}
 
@@ -15,11 +23,11 @@ ARRAY_CODES = {"float32": "f", "float64": "d", "uint8": "B", "int64": "q"}
 def encode_array(values: Any, *, dtype: str | None = None) -> TensorPayload:
     """A numpy array (or anything with ``shape``, ``dtype`` and ``tobytes``) as a payload."""
     if hasattr(values, "tobytes") and hasattr(values, "shape"):
-        name = dtype or str(values.dtype)
-        if name != str(values.dtype):
-            values = values.astype(name)
-        data = values.astype(values.dtype.newbyteorder("<")).tobytes(order="C")
-        return TensorPayload(dtype=name, shape=list(values.shape), data=_b64(data))  # type: ignore[arg-type]
+        import numpy as np
+
+        name = np.dtype(dtype or values.dtype).name
+        data = np.ascontiguousarray(values, dtype=np.dtype(name).newbyteorder("<"))
+        return TensorPayload(dtype=name, shape=list(values.shape), data=_b64(data.data))  # type: ignore[arg-type]
     return encode_nested(values, dtype=dtype or "float32")
 
 
@@ -52,5 +60,5 @@ def _flatten(values: Any) -> list[Any]:
     return [values]
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+def _b64(data: Any) -> str:
+    return fast_base64.b64encode(data).decode("ascii")

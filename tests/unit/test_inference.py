@@ -74,3 +74,19 @@ def test_top_k_and_accuracy() -> None:
     assert accuracy(answers, [1, 2]) == 0.5
     with pytest.raises(BadTensor):
         accuracy(answers, [1])
+
+
+def test_any_byte_order_or_layout_round_trips_bit_exact() -> None:
+    array = np.random.default_rng(1).standard_normal((3, 32, 32, 2)).astype(">f8")
+    view = array[..., 0]  # non-contiguous and big-endian
+    payload = encode_array(view, dtype="float32")
+    assert payload.dtype == "float32" and payload.shape == [3, 32, 32]
+    batch = decode_inputs(payload, MANIFEST, max_items=8)
+    assert torch.equal(batch[0], torch.from_numpy(view.astype(np.float32)))
+
+
+def test_corrupt_base64_is_a_bad_tensor() -> None:
+    payload = encode_array(np.zeros((1, 3, 32, 32), dtype=np.float32))
+    broken = payload.model_copy(update={"data": "!" * len(payload.data)})
+    with pytest.raises(BadTensor, match="base64"):
+        decode_inputs(broken, MANIFEST, max_items=8)
