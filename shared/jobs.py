@@ -598,6 +598,52 @@ class CompressResult(Strict):
     worker: str
     device: str
 
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        """The one comparison table (header, rows): the source first, then each variant."""
+        header = list(TABLE_COLUMNS)
+        rows = [_table_row(self.baseline, source=True)]
+        rows += [_table_row(v, source=False) for v in self.variants]
+        return header, rows
+
+
+TABLE_COLUMNS = (
+    "variant",
+    "method",
+    "size KiB",
+    "params",
+    "sparsity",
+    "acc %",
+    "d acc pt",
+    "b1 p50/p95 ms",
+    "b32 p50/p95 ms",
+    "speed-up b32",
+    "backend",
+    "status",
+)
+
+
+def _table_row(r: VariantReport, *, source: bool) -> list[str]:
+    if source:
+        status = "source"
+    elif r.registered:
+        status = "registered"
+    else:
+        status = "passed" if r.passed else "failed gates"
+    return [
+        r.variant,
+        r.method,
+        f"{r.size_bytes / 1024:.1f}",
+        f"{r.parameters:,}",
+        f"{r.sparsity:.1%}",
+        f"{r.accuracy:.2f}",
+        "" if source else f"{r.accuracy_delta:+.2f}",
+        f"{r.latency_b1_p50_ms:.3f}/{r.latency_b1_p95_ms:.3f}",
+        f"{r.latency_b32_p50_ms:.3f}/{r.latency_b32_p95_ms:.3f}",
+        "1.00x" if source else f"{r.speedup:.2f}x",
+        f"{r.backend} ({r.device})",
+        status,
+    ]
+
 
 PipelineStage = Literal["train", "compress", "gate", "promote", "warm"]
 

@@ -155,3 +155,28 @@ def test_percentile_nearest_rank() -> None:
     assert percentile(values, 50) == 50.0
     assert percentile(values, 95) == 95.0
     assert percentile([3.0], 95) == 3.0
+
+
+def test_result_table_lists_the_source_then_each_variant() -> None:
+    from shared.jobs import TABLE_COLUMNS, CompressResult
+
+    variant = report("int8", 2.5, -0.3)
+    variant.registered = True
+    failed = report("tiny", 1.1, -9.0)
+    failed.passed = False
+    result = CompressResult(
+        job_id="j",
+        source="m:1:base",
+        version=1,
+        baseline=report("base", 1.0, 0.0),
+        variants=[variant, failed],
+        seconds=1.0,
+        worker="w",
+        device="cpu",
+    )
+    header, rows = result.table()
+    assert header == list(TABLE_COLUMNS) and len(rows) == 3
+    assert [r[0] for r in rows] == ["base", "int8", "tiny"]
+    assert [r[-1] for r in rows] == ["source", "registered", "failed gates"]
+    assert rows[1][header.index("speed-up b32")] == "2.50x"
+    assert rows[1][header.index("d acc pt")] == "-0.30"
