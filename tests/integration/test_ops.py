@@ -256,6 +256,22 @@ def test_cancel_stops_a_running_training_job_between_epochs(
     assert client.cancel(job_id).status == "REVOKED"  # a finished job is left as it is
 
 
+# ------------------------------------------------------------------ device routing
+def test_a_job_that_asks_for_a_device_goes_to_that_devices_queue(
+    client: Client, worker: WorkerProcess, cnn: Registered
+) -> None:
+    on_cpu = client.submit_infer(cnn.name, batch(1), device="cpu")
+    assert client.wait(on_cpu, timeout=WAIT_S)["device"] == "cpu"
+    (meta,) = read_metas(client.app, [on_cpu])
+    assert meta is not None and meta["queue"] == "infer.cpu"
+
+    before = client.status()["queues"]["infer.cuda"]["depth"]
+    on_gpu = client.submit_infer(cnn.name, batch(1), device="cuda")  # no GPU worker here
+    assert client.status()["queues"]["infer.cuda"]["depth"] == before + 1
+    assert client.state(on_gpu).status == "PENDING"
+    client.cancel(on_gpu)
+
+
 # ------------------------------------------------------------------ a backlog: priorities
 @dataclass
 class Backlog:
