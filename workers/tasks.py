@@ -36,7 +36,7 @@ MAX_RETRIES = 5
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 60.0
 
-import workers.signals  # noqa: E402, F401  (connects the worker's start-up and shutdown hooks)
+import workers.signals  # noqa: E402  (connects the worker's start-up and shutdown hooks)
 
 
 def backoff_s(retries: int) -> float:
@@ -100,6 +100,8 @@ def run_job(
         result = execute(job, rt, task)
     except JobCancelled:
         _record(rt, kind, task.request.id, "cancelled", started)
+        if kind == "train":  # nothing will resume it: free the checkpoint
+            rt.store.drop_checkpoint(task.request.id)
         end_cancelled(task)
     except TransientError as e:
         _record(rt, kind, task.request.id, "retry", started, error=e.code)
@@ -175,7 +177,7 @@ def noop(payload: Any = None) -> Any:
     return payload
 
 
+import workers.bench_tasks  # noqa: E402, F401  (the `naive` task of `torchfleet bench`)
+
 # Task modules that build on run_job: pipeline stages, and the chord callback of job groups.
 from workers import groups, pipeline  # noqa: E402, F401
-
-import workers.bench_tasks  # noqa: E402, F401  (the `naive` task of `torchfleet bench`)

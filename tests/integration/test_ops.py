@@ -253,6 +253,8 @@ def test_cancel_stops_a_running_training_job_between_epochs(
     assert cancelled_at, "the job finished before it could be cancelled"
     assert (state.status, state.error_code) == ("REVOKED", "cancelled")
     assert name not in client.registry.names()
+    checkpoints = Path(client.settings.artifacts) / "checkpoints" / job_id
+    assert not checkpoints.exists()  # nothing will resume it, so nothing is kept
     assert client.cancel(job_id).status == "REVOKED"  # a finished job is left as it is
 
 
