@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 import redis
 import torch
 
-from workers.devices import claim_gpu, select_device
+from shared.errors import InvalidJob
+from workers.devices import RENEW_IF_OWNER, claim_gpu, select_device
 
 
 def test_each_worker_claims_a_different_gpu(redis_client: redis.Redis) -> None:
@@ -32,3 +37,37 @@ def test_release_only_deletes_ones_own_lease(redis_client: redis.Redis) -> None:
 def test_cpu_choice_never_touches_cuda(redis_client: redis.Redis) -> None:
     device, lease = select_device("cpu", redis_client, "w", 30)
     assert device == torch.device("cpu") and lease is None
+
+
+def test_workers_starting_together_get_distinct_gpus(redis_client: redis.Redis) -> None:
+    uuids = [f"GPU-{i}" for i in range(4)]
+    barrier = threading.Barrier(6)
+
+    def start(worker: int) -> int | None:
+        barrier.wait()
+        lease = claim_gpu(redis_client, uuids, f"w{worker}", ttl_s=30)
+        return None if lease is None else lease.index
+
+    with ThreadPoolExecutor(6) as pool:
+        claimed = list(pool.map(start, range(6)))
+    indices = [i for i in claimed if i is not None]
+    assert sorted(indices) == [0, 1, 2, 3] and claimed.count(None) == 2
+
+
+def test_heartbeat_renews_only_ones_own_lease(redis_client: redis.Redis) -> None:
+    lease = claim_gpu(redis_client, ["GPU-a"], "w1", ttl_s=30)
+    assert lease is not None
+    redis_client.expire(lease.key, 2)
+    assert redis_client.eval(RENEW_IF_OWNER, 1, lease.key, "w1", 30) == 1
+    assert redis_client.ttl(lease.key) > 2
+    assert redis_client.eval(RENEW_IF_OWNER, 1, lease.key, "intruder", 30) == 0
+
+
+def test_cuda_asked_for_on_a_host_without_one_is_a_clear_error(
+    redis_client: redis.Redis,
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this host has a GPU")
+    with pytest.raises(InvalidJob, match="no usable CUDA"):
+        select_device("cuda", redis_client, "w", 30)
+    assert select_device("auto", redis_client, "w", 30)[0] == torch.device("cpu")
