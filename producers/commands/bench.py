@@ -64,6 +64,7 @@ class Plan:
     naive_jobs: int = 48
     floor_iters: int = 200
     cold_launches: int = 1
+    budget_s: float = 8.0  # wall seconds per measurement, past its first jobs
     threads: int = 1
     concurrency: int = 16
     device: str = "cpu"
@@ -78,6 +79,7 @@ class Plan:
             big_jobs=12,
             naive_jobs=32,
             floor_iters=50,
+            budget_s=3.0,
             **kw,
         )
 
@@ -218,16 +220,23 @@ def _cpu_model() -> str:
 
 # ------------------------------------------------------------------ load generation
 def drive(
-    producers: int, jobs: int, one: Callable[[], float], *, warmup: int = 2
+    producers: int,
+    jobs: int,
+    one: Callable[[], float],
+    *,
+    warmup: int = 2,
+    budget_s: float = float("inf"),
 ) -> tuple[list[float], float]:
     """``jobs`` calls of ``one()`` (each waits for its answer and returns its latency in ms)
     from ``producers`` threads, after ``warmup`` unmeasured calls per thread; the latencies
-    and the wall time of the measured part in seconds."""
+    and the wall time of the measured part in seconds. Past ``budget_s`` seconds no new call
+    starts once every producer has made two (slow models stay within the run's budget)."""
     latencies: list[float] = []
     errors: list[BaseException] = []
     remaining = [jobs]
     lock = threading.Lock()
     start_line = threading.Barrier(producers + 1)
+    deadline = [float("inf")]
 
     def producer() -> None:
         try:
@@ -236,7 +245,8 @@ def drive(
             start_line.wait()
             while True:
                 with lock:
-                    if remaining[0] <= 0 or errors:
+                    late = time.perf_counter() > deadline[0] and len(latencies) >= 2 * producers
+                    if remaining[0] <= 0 or errors or late:
                         return
                     remaining[0] -= 1
                 ms = one()
@@ -254,6 +264,7 @@ def drive(
     with suppress(threading.BrokenBarrierError):
         start_line.wait()
     start = time.perf_counter()
+    deadline[0] = start + budget_s
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
@@ -341,10 +352,13 @@ def floor_rows(settings: Any, arch: str, digest: str, plan: Plan) -> list[Row]:
         for _ in range(3):
             timed_forward(model, batch)
         latencies, encode, decode = [], [], []
+        deadline = time.perf_counter() + plan.budget_s
         for _ in range(iters):
             t0 = time.perf_counter()
             timed_forward(model, batch)
             latencies.append((time.perf_counter() - t0) * 1000)
+            if t0 > deadline and len(latencies) >= 5:
+                break
         for _ in range(min(iters, 20)):
             t0 = time.perf_counter()
             wire = InferJob(model="m", inputs=encode_array(array)).model_dump_json()
@@ -494,17 +508,21 @@ def _fleet_arms(
         if with_noop:
             for p in plan.producers:
                 log(f"celery_noop: {p} producers")
-                lat, wall = drive(p, plan.jobs, task_call(client, TASK_NOOP, [None]))
+                lat, wall = drive(
+                    p, plan.jobs, task_call(client, TASK_NOOP, [None]), budget_s=plan.budget_s
+                )
                 rows.append(summarise("celery_noop", "-", p, 1, lat, wall))
         for p in plan.producers:
             log(f"naive: {arch}, {p} producers")
             one = task_call(client, TASK_NAIVE_INFER, naive)
-            lat, wall = drive(p, max(plan.naive_jobs, 2 * p), one)
+            lat, wall = drive(p, max(plan.naive_jobs, 2 * p), one, budget_s=plan.budget_s)
             rows.append(summarise("naive", arch, p, 1, lat, wall))
         rows += _fleet_sweep("fleet_batched", client, plan, arch, ref, single, log)
         for p in sorted({1, min(4, max(plan.producers))}):
             log(f"fleet_batched: {arch}, {p} producers of {BIG_JOB}-input jobs")
-            lat, wall = drive(p, plan.big_jobs, infer_call(client, ref, big))
+            lat, wall = drive(
+                p, plan.big_jobs, infer_call(client, ref, big), budget_s=plan.budget_s
+            )
             rows.append(summarise("fleet_batched", arch, p, BIG_JOB, lat, wall))
     finally:
         if worker is not None:
@@ -526,7 +544,8 @@ def _fleet_sweep(
     rows = []
     for p in plan.producers:
         log(f"{arm}: {arch}, {p} producers")
-        lat, wall = drive(p, max(plan.jobs, 4 * p), infer_call(client, ref, payload))
+        call = infer_call(client, ref, payload)
+        lat, wall = drive(p, max(plan.jobs, 4 * p), call, budget_s=plan.budget_s)
         rows.append(summarise(arm, arch, p, 1, lat, wall))
     return rows
 
