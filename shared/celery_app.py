@@ -42,6 +42,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         # Jobs of a dead worker come back after the visibility timeout; sweep for them often.
         "unacked_restore_interval": settings.restore_interval_s,
         "unacked_restore_throttle": 1,
+        # A worker killed inside a sweep must not block every other sweep for kombu's 5 min.
+        "unacked_mutex_expire": 60,
         "health_check_interval": 10,
     }
     # Every queue, plus the device-only ones (infer.cpu, infer.cuda...) that device routing uses.

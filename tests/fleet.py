@@ -64,5 +64,19 @@ class WorkerProcess:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
 
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id (the Celery worker itself: one process, a thread pool)."""
+        return self.process.pid if self.process is not None else None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        """Wait for the worker to exit on its own; its exit code."""
+        if self.process is None:
+            raise RuntimeError(f"worker {self.name} was never started")
+        return self.process.wait(timeout=timeout)
+
     def log(self) -> str:
         return (self.log_dir / f"{self.name.split('@')[0]}.log").read_text(errors="replace")

@@ -17,19 +17,26 @@ This module is torch-free: the producer side imports it for the dead-letter comm
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
+import logging
+import os
+import sys
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
 
 import redis
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_ready, worker_shutdown
 from pydantic import BaseModel, Field
 
 from shared.errors import InputError, InvalidJob, TorchfleetError
 from shared.names import KEY_DEADLETTER, KEY_DELIVERIES, TASK_QUEUES
 
+log = logging.getLogger("torchfleet.worker")
+UNACKED_INDEX_KEY = "unacked_index"  # kombu's Redis transport: delivery tag -> delivered at
 EXIT_DEVICE_FAULT = 75  # EX_TEMPFAIL: "replace me"; compose's restart policy starts a new one
 MAX_JSON_DEPTH = 32
 DEADLETTER_MAX = 10_000
@@ -250,7 +257,84 @@ def request_replacement(exit_code: int = EXIT_DEVICE_FAULT) -> None:
     """
     from celery.worker import state
 
+    global _exit_code
+    _exit_code = exit_code
     state.should_stop = exit_code
+
+
+_exit_code: int | None = None
+
+
+@worker_shutdown.connect
+def _on_worker_shutdown(**_: Any) -> None:
+    _keeper_stop.set()
+    # `torchfleet worker` drops Celery's exit code; set it once everything else has run.
+    if _exit_code is not None:
+        atexit.register(_exit_now, _exit_code)
+
+
+def _exit_now(code: int) -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+# ----------------------------------------------------------------- visibility
+def renew_visibility(client: redis.Redis, tags: Iterable[str], now: float | None = None) -> int:
+    """Mark deliveries this worker still holds as fresh in kombu's unacked index.
+
+    kombu's Redis transport restores any unacknowledged delivery older than the visibility
+    timeout, even one a live worker is still running. Refreshing the score of held deliveries
+    makes the timeout count from the worker's last sign of life instead of from delivery, so
+    only the jobs of a dead worker come back. ``XX``: an acknowledged tag is never re-added.
+    """
+    mapping = {tag: now if now is not None else time.time() for tag in tags}
+    if not mapping:
+        return 0
+    client.zadd(UNACKED_INDEX_KEY, mapping, xx=True, ch=True)
+    return len(mapping)
+
+
+def held_delivery_tags() -> list[str]:
+    """Delivery tags of the requests this worker holds (prefetched and running)."""
+    from celery.worker import state
+
+    for _ in range(3):  # the sets are weak and shared with the pool's threads
+        try:
+            held = [*state.reserved_requests, *state.active_requests]
+        except RuntimeError:
+            continue
+        return sorted({str(r.message.delivery_tag) for r in held if r.message is not None})
+    return []
+
+
+def keep_visible(client: redis.Redis, interval_s: float, stop: threading.Event) -> None:
+    """Renew this worker's held deliveries every ``interval_s`` until ``stop`` is set."""
+    while not stop.wait(interval_s):
+        try:
+            renew_visibility(client, held_delivery_tags())
+        except redis.RedisError:
+            log.warning("could not renew job visibility; retrying", exc_info=True)
+
+
+_keeper_stop = threading.Event()
+
+
+@worker_ready.connect
+def _start_keeper(**_: Any) -> None:
+    from shared.connection import redis_client
+    from workers.runtime import effective_settings
+
+    settings = effective_settings()
+    interval = max(0.2, settings.visibility_timeout_s / 4)
+    _keeper_stop.clear()
+    threading.Thread(
+        target=keep_visible,
+        args=(redis_client(settings), interval, _keeper_stop),
+        name="visibility-keeper",
+        daemon=True,
+    ).start()
 
 
 # ----------------------------------------------------------------- plugins
