@@ -264,6 +264,17 @@ class DistillStep(StepSpec):
     seed: int = 0
 
 
+class CastStep(StepSpec):
+    """Cast weights to float16 or bfloat16 (the GPU path: half the bytes, tensor cores).
+
+    Inputs are cast on the way in and logits back to float32 on the way out, so callers
+    see the same interface. On a CPU without native half kernels this is slower.
+    """
+
+    method: Literal["cast"] = "cast"
+    dtype: Literal["float16", "bfloat16"] = "bfloat16"
+
+
 class ExportSpec(StepSpec):
     """Fields every export shares: the eager model's outputs on a sample are the reference."""
 
@@ -302,7 +313,8 @@ CompressStep = Annotated[
     | DistillStep
     | ExportTorchScriptStep
     | ExportPt2Step
-    | ExportOnnxStep,
+    | ExportOnnxStep
+    | CastStep,
     Field(discriminator="method"),
 ]
 

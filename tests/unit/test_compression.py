@@ -44,7 +44,11 @@ def variants_of(ctx: JobContext) -> dict[str, Any]:
         ([{"method": "quantize_dynamic"}], "int8dyn"),
         ([{"method": "quantize_dynamic", "per_channel": True}], "int8dyn"),
         ([{"method": "quantize_static", "calibration_samples": 64}], "int8"),
-        ([{"method": "distill", "student_kwargs": {"hidden": 16, "depth": 1}}], "student"),
+        (
+            [{"method": "distill", "student_kwargs": {"hidden": 16, "depth": 1}, "epochs": 3}],
+            "student",
+        ),
+        ([{"method": "cast", "dtype": "bfloat16"}], "half"),
     ],
 )
 def test_each_method_registers_a_variant_that_rebuilds_from_storage(
@@ -104,6 +108,16 @@ def test_int8_variants_are_smaller_and_keep_accuracy(ctx: JobContext) -> None:
     assert report.size_bytes < result.baseline.size_bytes / 3
     assert report.accuracy_delta > -5
     assert "int8" in report.notes[0]
+
+
+def test_half_precision_halves_the_file(ctx: JobContext) -> None:
+    result = execute(job([{"method": "cast", "dtype": "float16"}]), ctx)
+
+    (report,) = result.variants
+    assert report.size_bytes < result.baseline.size_bytes * 0.55
+    assert abs(report.accuracy_delta) <= 1.0
+    module, _ = load_variant(ctx, "digits:1:half")
+    assert next(module.parameters()).dtype == torch.float16
 
 
 def test_prune_then_quantize_composes_recipes(ctx: JobContext) -> None:

@@ -4,8 +4,8 @@ Importing this package registers every step handler (:data:`steps.STEPS`) and ev
 (:data:`workers.modelio.RECIPES`) it needs to rebuild compressed variants.
 """
 
-from workers.compression import distillation, export, pruning, quantization
+from workers.compression import casting, distillation, export, pruning, quantization
 from workers.compression.pipeline import execute
 from workers.compression.steps import STEPS
 
-__all__ = ["STEPS", "distillation", "execute", "export", "pruning", "quantization"]
+__all__ = ["STEPS", "casting", "distillation", "execute", "export", "pruning", "quantization"]

@@ -50,6 +50,7 @@ TAGS = {
     "export_torchscript": "ts",
     "export_pt2": "pt2",
     "export_onnx": "onnx",
+    "cast": "half",
 }
 MAX_NAME = 64
 ROUND_TRIP_ATOL = 1e-4
