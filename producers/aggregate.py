@@ -75,16 +75,19 @@ def decode_record(fields: Mapping[Any, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {}
     for raw_key, raw_value in fields.items():
         key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
-        value = raw_value.decode() if isinstance(raw_value, bytes) else str(raw_value)
-        record[key] = value if key in TEXT_FIELDS else _number(value)
+        record[key] = _text(raw_value) if key in TEXT_FIELDS else _number(raw_value)
     return record
 
 
-def _number(value: str) -> float | str:
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _number(value: Any) -> float | str:
     try:
-        return float(value)
+        return float(value)  # float() takes bytes as well as str
     except ValueError:
-        return value
+        return _text(value)
 
 
 # ------------------------------------------------------------------ stats stream
@@ -114,14 +117,15 @@ def summarize(records: Sequence[Mapping[str, Any]], window_s: float | None) -> d
     errors = [r for r in jobs if r.get("outcome") != SUCCESS]
     stamps = [float(r["ts"]) for r in records if isinstance(r.get("ts"), float)]
     span = window_s if window_s is not None else (max(stamps) - min(stamps) if stamps else 0.0)
-    inputs = sum(float(r.get("inputs", 0) or 0) for r in jobs if r.get("outcome") == SUCCESS)
-    latency = {}
-    for name in STAT_FIELDS:
-        values = [
-            float(r[name]) for r in jobs if r.get("outcome") == SUCCESS and _is_number(r.get(name))
-        ]
-        if values:
-            latency[name] = percentiles(values).model_dump()
+    succeeded = [r for r in jobs if r.get("outcome") == SUCCESS]
+    inputs = sum(float(r.get("inputs", 0) or 0) for r in succeeded)
+    values: dict[str, list[float]] = {name: [] for name in STAT_FIELDS}
+    for r in succeeded:  # one pass over the records, not one per field
+        for name, column in values.items():
+            value: Any = r.get(name)
+            if _is_number(value):
+                column.append(float(value))
+    latency = {name: percentiles(v).model_dump() for name, v in values.items() if v}
     return {
         "count": len(jobs),
         "errors": len(errors),
@@ -135,7 +139,7 @@ def summarize(records: Sequence[Mapping[str, Any]], window_s: float | None) -> d
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return type(value) in (float, int) and math.isfinite(value)
 
 
 def choose_bucket_s(span_s: float, buckets: int = 30) -> float:
