@@ -173,7 +173,14 @@ def load_model(
             f"ask for one of {', '.join(BACKENDS)}"
         )
     model = LoadedModel(digest, manifest, runner, placed_on, nbytes, chosen)
-    warm_up(model)
+    if chosen != "compile":
+        warm_up(model)
+        return model
+    try:  # batch 1 and 2: the dynamic-batch graph is built here, not on a live request
+        warm_up(model, sizes=(1, 2))
+    except Exception:  # inductor needs a C++ toolchain; serving eager beats failing
+        log.warning("torch.compile failed for %s; serving it eager", digest[:12], exc_info=True)
+        return load_model(store, digest, device, backend="eager", channels_last=channels_last)
     return model
 
 
@@ -194,7 +201,7 @@ def eager_runner(
         module = module.to(memory_format=torch.channels_last)
     call: Callable[[torch.Tensor], torch.Tensor] = module
     if compile:
-        call = torch.compile(module, dynamic=True)
+        call = torch.compile(module, dynamic=True)  # minutes to build on a small CPU
     autocast = placed_on.type == "cuda"
 
     def run(batch: torch.Tensor) -> torch.Tensor:
@@ -229,10 +236,10 @@ def onnx_runner(store: ArtifactStore, manifest: Manifest, threads: int | None) -
     return run
 
 
-def warm_up(model: LoadedModel) -> None:
-    """One forward pass on zeros: allocations, kernel choice and compilation happen here."""
-    sample = torch.zeros((1, *model.manifest.input_shape), device=model.device)
-    model.forward(sample)
+def warm_up(model: LoadedModel, sizes: tuple[int, ...] = (1,)) -> None:
+    """Forward passes on zeros: allocations, kernel choice and compilation happen here."""
+    for size in sizes:
+        model.forward(torch.zeros((size, *model.manifest.input_shape), device=model.device))
 
 
 def _place(module: nn.Module, device: torch.device) -> nn.Module:

@@ -192,3 +192,22 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+def test_a_compile_that_fails_falls_back_to_eager(
+    store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_compile(module: nn.Module, **_: object) -> object:
+        def run(x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("no C++ compiler here")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    digest, module = store_model(store, "mlp", 13)
+    model = load_model(store, digest, CPU, backend="compile")
+    batch = torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        expected = module(batch)
+    assert model.backend == "eager"
+    torch.testing.assert_close(model.forward(batch), expected)
