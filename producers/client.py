@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,7 +164,7 @@ class Client:
 
     def submit_group(
         self,
-        jobs: JobGroup | list[InferJob | dict[str, Any]],
+        jobs: JobGroup | Sequence[InferJob | dict[str, Any]],
         *,
         group_id: str | None = None,
         aggregate: bool = True,
@@ -424,7 +424,7 @@ def _payload(model: AnyJob) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_none=True)
 
 
-def _validate_group(jobs: list[InferJob | dict[str, Any]]) -> JobGroup:
+def _validate_group(jobs: Sequence[InferJob | dict[str, Any]]) -> JobGroup:
     try:
         return JobGroup.model_validate({"jobs": [_as_dict(j) for j in jobs]})
     except ValidationError as e:

@@ -87,7 +87,7 @@ def submit(
 
     jobs = load_group_spec(spec)
     with cli.reported_errors(), Client() as client:
-        submitted = client.submit_group(jobs, group_id=group_id, aggregate=chord)  # type: ignore[arg-type]
+        submitted = client.submit_group(jobs, group_id=group_id, aggregate=chord)
         if not wait:
             if as_json:
                 print(json.dumps({"group_id": submitted, "jobs": len(jobs)}))
