@@ -34,7 +34,7 @@ from workers.compression.evaluation import (
     stored_tensors,
 )
 from workers.compression.pruning import sparsity
-from workers.compression.steps import STEPS, ModelState, StepEnv
+from workers.compression.steps import STEPS, ModelState, StepEnv, is_quantized
 from workers.context import JobContext
 from workers.modelio import Tensors, build_module
 from workers.zoo.datasets import DatasetBundle, load_dataset
@@ -112,7 +112,9 @@ def execute(job: CompressJob, ctx: JobContext) -> CompressResult:
     started = time.perf_counter()
     source = ctx.registry.resolve(job.source)
     tensors, manifest = ctx.store.get_model(source.record.digest)
-    module = build_module(manifest, tensors).to(ctx.device)
+    module = build_module(manifest, tensors)
+    if not is_quantized(module):  # int8 kernels exist on the CPU only
+        module = module.to(ctx.device)
     bundle = load_dataset(job.eval_dataset)
     check_data(bundle, manifest, source)
     planned = planned_variants(job.steps)
