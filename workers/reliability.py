@@ -59,7 +59,6 @@ __all__ = [
     "DeadLetter",
     "DeadLettered",
     "DeviceFault",
-    "PayloadTooLarge",
     "admit",
     "check_payload",
     "count_delivery",
@@ -77,10 +76,6 @@ class DeadLettered(InputError):
     """The job was delivered too often without finishing; it now waits in the dead letters."""
 
     code = "dead_lettered"
-
-
-class PayloadTooLarge(InvalidJob):
-    code = "payload_too_large"
 
 
 class DeviceFault(TorchfleetError):
@@ -230,7 +225,7 @@ def check_payload(payload: Any, max_bytes: int, max_depth: int = MAX_JSON_DEPTH)
         else:
             size += 8
         if size > max_bytes:
-            raise PayloadTooLarge(
+            raise InvalidJob(
                 f"the job is larger than max_payload_bytes={max_bytes}; send fewer inputs "
                 "per job or raise TORCHFLEET_MAX_PAYLOAD_BYTES"
             )
