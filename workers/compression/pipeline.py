@@ -19,7 +19,13 @@ from typing import Any
 
 import torch
 
-from shared.errors import CompressionError, InputError, InvalidJob, ModelNotFound
+from shared.errors import (
+    CompressionError,
+    InputError,
+    InvalidJob,
+    ModelNotFound,
+    ResourceExhausted,
+)
 from shared.jobs import CompressJob, CompressResult, CompressStep, VariantReport
 from shared.manifest import Manifest
 from shared.registry import Resolved, VariantRecord
@@ -234,8 +240,8 @@ def apply(i: int, step: CompressStep, state: ModelState, env: StepEnv) -> ModelS
         result: ModelState = STEPS.get(step.method)(step, state, env)
     except InputError as e:
         raise type(e)(f"{where}: {e}") from e
-    except torch.cuda.OutOfMemoryError:
-        raise
+    except torch.cuda.OutOfMemoryError as e:
+        raise ResourceExhausted(f"{where}: out of GPU memory") from e
     except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise CompressionError(f"{where} failed: {type(e).__name__}: {e}") from e
     return result
