@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -23,10 +24,17 @@ class Recorder(nn.Module):
         self.sizes: list[int] = []
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()
+        self.running = 0
+        self.most_running = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        self.entered.set()
         self.gate.wait(timeout=10)
         self.sizes.append(len(x))
+        self.running -= 1
         return x.flatten(1)[:, :3]
 
 
@@ -189,3 +197,28 @@ def test_batch_wait_is_reported_per_job() -> None:
         recorder.gate.set()
         waits = [f.result(timeout=30) for f in futures]
     assert all(w >= 0 for w in waits)
+
+
+def test_jobs_arriving_during_a_lone_forward_are_merged_after_it() -> None:
+    recorder = Recorder()
+    model = loaded(recorder)
+    batcher = MicroBatcher(max_batch=64, max_wait_ms=5_000)
+    recorder.gate.clear()
+    later = threading.Barrier(2)
+
+    def job(value: float, wait: threading.Barrier | None) -> int:
+        with batcher.slot() as slot:
+            if wait is not None:
+                wait.wait()
+            return batcher.run(model, torch.full((1, 3), value), slot).batch_size
+
+    with ThreadPoolExecutor(3) as pool:
+        lone = pool.submit(job, 0.0, None)
+        assert recorder.entered.wait(timeout=10)  # the lone job is inside its forward
+        followers = [pool.submit(job, float(i), later) for i in (1, 2)]
+        while batcher.queued() < 2:  # both followers wait behind the running forward
+            time.sleep(0.001)
+        recorder.gate.set()
+        assert lone.result(timeout=30) == 1
+        assert [f.result(timeout=30) for f in followers] == [2, 2]
+    assert recorder.sizes == [1, 2] and recorder.most_running == 1
