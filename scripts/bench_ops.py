@@ -58,7 +58,9 @@ def fill(client: Client, records: int, seed: int = 0) -> None:
                 "total_worker_ms": f"{total:.3f}",
                 "wall_ms": f"{total * 1.2:.3f}",
             }
-            pipe.xadd(KEY_STATS, entry)  # type: ignore[arg-type]
+            # The entry id carries the record's time, as it does when workers append live.
+            stamp = f"{int(float(entry['ts']) * 1000)}-{i}"
+            pipe.xadd(KEY_STATS, entry, id=stamp)  # type: ignore[arg-type]
             if i % 5000 == 4999:
                 pipe.execute()
         for w in range(8):
