@@ -1,0 +1,171 @@
+"""The reliability helpers on their own: payload limits, delivery counts, dead letters,
+visibility renewal and the fatal-device-error test (workers/reliability.py)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import redis
+
+from shared.errors import InvalidJob
+from shared.names import KEY_DEADLETTER
+from shared.settings import Settings
+from workers.reliability import (
+    UNACKED_INDEX_KEY,
+    DeadLetter,
+    DeadLettered,
+    admit,
+    check_payload,
+    dead_letter,
+    delivery_counts,
+    is_fatal_device_error,
+    list_dead_letters,
+    renew_visibility,
+    requeue,
+)
+
+
+def request(job_id: str = "j1", retries: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(
+        id=job_id, task="torchfleet.infer", args=[{"kind": "infer"}], retries=retries
+    )
+
+
+# ----------------------------------------------------------------- payload limits
+def test_a_payload_within_the_limits_passes() -> None:
+    check_payload({"kind": "infer", "inputs": {"data": "x" * 100, "shape": [1, 2]}}, 1000)
+
+
+def test_a_payload_over_the_byte_limit_names_the_setting() -> None:
+    with pytest.raises(InvalidJob, match="max_payload_bytes=1000"):
+        check_payload({"data": "x" * 1001}, 1000)
+
+
+def test_a_long_list_of_numbers_counts_towards_the_limit() -> None:
+    with pytest.raises(InvalidJob, match="max_payload_bytes"):
+        check_payload({"inputs": list(range(1000))}, 1000)
+
+
+def test_nesting_deeper_than_any_parser_stack_is_refused_without_recursion() -> None:
+    value: Any = 0
+    for _ in range(100_000):
+        value = {"a": value}
+    with pytest.raises(InvalidJob, match="nests deeper than 32"):
+        check_payload(value, 10**9)
+
+
+# ----------------------------------------------------------------- device errors
+@pytest.mark.parametrize(
+    ("error", "fatal"),
+    [
+        (RuntimeError("CUDA error: an illegal memory access was encountered"), True),
+        (RuntimeError("CUDA error: device-side assert triggered"), True),
+        (RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"), True),
+        (RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED when calling cublasSgemm"), True),
+        (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
+        (ValueError("CUDA error in a value error is still input"), False),
+        (InvalidJob("CUDA error mentioned in an input error"), False),
+    ],
+)
+def test_only_unrecoverable_device_errors_replace_the_worker(error: Exception, fatal: bool) -> None:
+    assert is_fatal_device_error(error) is fatal
+
+
+def test_an_accelerator_error_is_fatal_whatever_its_message() -> None:
+    accelerator_error = type("AcceleratorError", (RuntimeError,), {})
+    assert is_fatal_device_error(accelerator_error("unspecified"))
+
+
+# ----------------------------------------------------------------- deliveries
+def test_deliveries_are_counted_and_a_job_past_the_limit_is_dead_lettered(
+    redis_client: redis.Redis,
+) -> None:
+    settings = Settings(max_deliveries=2)
+    for _ in range(2):
+        admit(redis_client, settings, request(), "w1", {"kind": "infer"})
+    assert delivery_counts(redis_client, "j1") == {"delivered": 2, "executed": 2}
+    with pytest.raises(DeadLettered, match="delivered 2 times"):
+        admit(redis_client, settings, request(), "w1", {"kind": "infer"})
+    assert delivery_counts(redis_client, "j1") == {"delivered": 3, "executed": 2}
+    [entry] = list_dead_letters(redis_client)
+    assert (entry.job_id, entry.task, entry.deliveries, entry.worker) == (
+        "j1", "torchfleet.infer", 3, "w1",
+    )  # fmt: skip
+    assert entry.args == [{"kind": "infer"}]
+    assert 0 < redis_client.ttl("torchfleet:deliveries:j1") <= settings.result_ttl_s
+
+
+def test_retries_the_job_asked_for_are_not_held_against_it(redis_client: redis.Redis) -> None:
+    settings = Settings(max_deliveries=1)
+    for retries in range(4):
+        admit(redis_client, settings, request(retries=retries), "w1", {})
+    assert list_dead_letters(redis_client) == []
+
+
+def test_an_oversized_payload_is_refused_but_counted_as_delivered(
+    redis_client: redis.Redis,
+) -> None:
+    settings = Settings(max_payload_bytes=100)
+    with pytest.raises(InvalidJob, match="max_payload_bytes"):
+        admit(redis_client, settings, request(), "w1", {"data": "x" * 200})
+    assert delivery_counts(redis_client, "j1") == {"delivered": 1, "executed": 0}
+
+
+def test_unreadable_dead_letters_are_skipped(redis_client: redis.Redis) -> None:
+    redis_client.rpush(KEY_DEADLETTER, b"not json", json.dumps({"job_id": "x"}))
+    dead_letter(redis_client, DeadLetter(job_id="ok", task="t", reason="r", deliveries=4))
+    assert [e.job_id for e in list_dead_letters(redis_client)] == ["ok"]
+
+
+class FakeApp:
+    """Records what requeue asks of Celery (sending is tested end to end elsewhere)."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.forgotten: list[str] = []
+        self.backend = SimpleNamespace(forget=self.forgotten.append)
+
+    def send_task(self, name: str, **options: Any) -> None:
+        self.sent.append({"name": name, **options})
+
+
+def test_requeue_sends_the_chosen_entries_again_and_resets_their_count(
+    redis_client: redis.Redis,
+) -> None:
+    for job_id in ("a", "b"):
+        dead_letter(
+            redis_client,
+            DeadLetter(
+                job_id=job_id,
+                task="torchfleet.train",
+                args=[{"k": job_id}],
+                reason="r",
+                deliveries=4,
+            ),
+        )
+        redis_client.hset(f"torchfleet:deliveries:{job_id}", "delivered", 4)
+    app = FakeApp()
+    assert requeue(redis_client, app, ["b", "zzz"]) == ["b"]
+    assert app.sent == [
+        {"name": "torchfleet.train", "args": [{"k": "b"}], "task_id": "b", "queue": "train"}
+    ]
+    assert app.forgotten == ["b"]
+    assert delivery_counts(redis_client, "b")["delivered"] == 0
+    assert [e.job_id for e in list_dead_letters(redis_client)] == ["a"]
+    assert requeue(redis_client, app, None) == ["a"]
+    assert list_dead_letters(redis_client) == []
+
+
+# ----------------------------------------------------------------- visibility
+def test_renewal_refreshes_held_deliveries_and_never_resurrects_acked_ones(
+    redis_client: redis.Redis,
+) -> None:
+    redis_client.zadd(UNACKED_INDEX_KEY, {"held": 100.0})
+    assert renew_visibility(redis_client, ["held", "acked"], now=5000.0) == 2
+    assert redis_client.zscore(UNACKED_INDEX_KEY, "held") == 5000.0
+    assert redis_client.zscore(UNACKED_INDEX_KEY, "acked") is None
+    assert renew_visibility(redis_client, []) == 0
