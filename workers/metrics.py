@@ -142,6 +142,10 @@ def start_metrics(
     if _metrics is None:
         _metrics = FleetMetrics(device, cached_bytes, gpu)
         if port is not None:
-            start_http_server(port, addr=addr, registry=_metrics.registry)
-            log.info("metrics served on http://%s:%d/metrics", addr, port)
+            try:
+                start_http_server(port, addr=addr, registry=_metrics.registry)
+            except OSError as e:  # a busy port must not stop the worker from serving jobs
+                log.error("metrics port %s:%d unavailable (%s); metrics not served", addr, port, e)
+            else:
+                log.info("metrics served on http://%s:%d/metrics", addr, port)
     return _metrics
