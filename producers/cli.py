@@ -71,9 +71,14 @@ def schema(
     """Print the JSON Schema of the job specs."""
     document = job_schema()
     if kind is not None:
-        names = {"train": "TrainJob", "compress": "CompressJob", "infer": "InferJob"}
+        names = {
+            "train": "TrainJob",
+            "compress": "CompressJob",
+            "infer": "InferJob",
+            "pipeline": "PipelineJob",
+        }
         if kind not in names:
-            fail(EXIT_INPUT, f"unknown job kind {kind!r}; use train, compress or infer")
+            fail(EXIT_INPUT, f"unknown job kind {kind!r}; use train, compress, infer or pipeline")
         document = {**document["$defs"][names[kind]], "$defs": document["$defs"]}
     print(json.dumps(document, indent=2))
 
@@ -119,6 +124,15 @@ def submit(
         else:
             spec = _load_spec(Path(what))
         with Client() as client:
+            if spec.get("kind") == "group":
+                from producers.commands.groups import load_group_spec
+
+                group_id = client.submit_group(load_group_spec(Path(what)), group_id=job_id)
+                if as_json:
+                    print(json.dumps({"group_id": group_id}))
+                else:
+                    console.print(group_id)
+                return
             submitted = client.submit(spec, job_id=job_id)
             if not wait:
                 _emit_submitted(submitted, as_json)
@@ -141,6 +155,11 @@ def results(
 ) -> None:
     """Print a job's state and result without waiting."""
     with reported_errors(), Client() as client:
+        if client.is_group(job_id):
+            from producers.commands.groups import print_group
+
+            print_group(client.group_results(job_id), as_json)
+            return
         state = client.state(job_id)
     if plot is not None:
         if state.result is None or state.result.get("kind") != "train":

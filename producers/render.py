@@ -26,6 +26,10 @@ def render_result(console: Console, result: dict[str, Any]) -> None:
         render_train(console, result)
     elif kind == "compress":
         render_compress(console, result)
+    elif kind == "pipeline":
+        from producers.commands.pipeline import render
+
+        render(result)
     else:
         console.print_json(data=result)
 
