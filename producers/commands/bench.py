@@ -18,6 +18,7 @@ The floor imports torch, so run bench where the ``worker`` extra is installed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import signal
@@ -104,7 +105,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
     return ordered[rank]
 
 
@@ -196,13 +197,14 @@ def machine(device: str, threads: int) -> dict[str, Any]:
     import celery
     import torch
 
+    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "celery": celery.__version__,
-        "device": device,
+        "device": f"{device} ({gpu})" if gpu else device,
         "torch_threads": threads,
     }
 
@@ -599,7 +601,13 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
 
 
 def _csv(text: str, cast: Callable[[str], Any]) -> tuple[Any, ...]:
-    return tuple(cast(x.strip()) for x in text.split(",") if x.strip())
+    try:
+        values = tuple(cast(x.strip()) for x in text.split(",") if x.strip())
+    except ValueError as e:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list: {e}") from None
+    if not values:
+        raise typer.BadParameter(f"{text!r} names nothing")
+    return values
 
 
 def register(app: typer.Typer) -> None:
@@ -641,6 +649,8 @@ def register(app: typer.Typer) -> None:
             plan.models = _csv(models, str)
         if producers:
             plan.producers = _csv(producers, int)
+            if min(plan.producers) < 1:
+                raise typer.BadParameter("producer counts must be at least 1")
         if jobs:
             plan.jobs = jobs
         console = Console(stderr=True)
