@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 from shared.errors import (
     CompressionError,
@@ -40,7 +41,7 @@ from workers.compression.evaluation import (
     stored_tensors,
 )
 from workers.compression.pruning import sparsity
-from workers.compression.steps import STEPS, ModelState, StepEnv, is_quantized
+from workers.compression.steps import STEPS, ModelState, Sample, StepEnv, is_quantized
 from workers.context import JobContext
 from workers.modelio import Tensors, build_module
 from workers.zoo.datasets import DatasetBundle, load_dataset
@@ -116,16 +117,11 @@ def best(reports: list[VariantReport]) -> VariantReport | None:
 def execute(job: CompressJob, ctx: JobContext) -> CompressResult:
     """Run a compress job end to end; see the module docstring for the variant rule."""
     started = time.perf_counter()
-    source = ctx.registry.resolve(job.source)
-    tensors, manifest = ctx.store.get_model(source.record.digest)
-    module = build_module(manifest, tensors)
-    if not is_quantized(module):  # int8 kernels exist on the CPU only
-        module = module.to(ctx.device)
+    source, state = load_source(job, ctx)
     bundle = load_dataset(job.eval_dataset)
-    check_data(bundle, manifest, source)
+    check_data(bundle, state.manifest, source)
     planned = planned_variants(job.steps)
     check_names(planned, source, ctx)
-
     env = StepEnv(
         train=bundle.train,
         val=bundle.val,
@@ -133,58 +129,75 @@ def execute(job: CompressJob, ctx: JobContext) -> CompressResult:
         device=ctx.device,
         store=ctx.store,
     )
-    state = ModelState(module=module, manifest=manifest)
     baseline = candidate(state, ctx.device)
     emitted = run_steps(job, state, env, dict(planned), ctx)
 
     ctx.progress({"stage": "evaluate", "variants": len(emitted)})
-    models = {"__source__": baseline, **{e.name: e.candidate for e in emitted}}
-    grid = latency_grid(models, bundle.val, iters=job.latency_iters, warmup=job.warmup_iters)
-    base_report = report_for(
-        name=source.variant,
-        method=source.record.method,
-        state=state,
-        size_bytes=manifest.size_bytes,
-        acc=accuracy(baseline, bundle.val),
-        grid=grid,
-        key="__source__",
-        device=baseline.device,
-    )
-    base_report.model_digest = source.record.digest
-    reports = [
-        compare(
-            report_for(
-                name=e.name,
-                method="+".join(e.state.methods),
-                state=e.state,
-                size_bytes=e.size_bytes,
-                acc=e.accuracy,
-                grid=grid,
-                key=e.name,
-                device=e.candidate.device,
-            ),
-            base_report,
-            job,
-        )
-        for e in emitted
-    ]
+    base_report, reports = measure(job, source, state, baseline, emitted, bundle.val)
 
     ctx.progress({"stage": "register", "variants": len(reports)})
     for entry, report in zip(emitted, reports, strict=True):
         if report.passed:
             register(entry, report, source, job, ctx)
-    promoted = promote(job, reports, source, ctx)
     return CompressResult(
         job_id=ctx.job_id,
         source=source.ref,
         version=source.version,
         baseline=base_report,
         variants=reports,
-        promoted=promoted,
+        promoted=promote(job, reports, source, ctx),
         seconds=time.perf_counter() - started,
         worker=ctx.worker,
         device=str(ctx.device),
     )
+
+
+def load_source(job: CompressJob, ctx: JobContext) -> tuple[Resolved, ModelState]:
+    """Resolve and rebuild the source model (digest-checked) on the job's device."""
+    source = ctx.registry.resolve(job.source)
+    tensors, manifest = ctx.store.get_model(source.record.digest)
+    module = build_module(manifest, tensors)
+    if not is_quantized(module):  # int8 kernels exist on the CPU only
+        module = module.to(ctx.device)
+    return source, ModelState(module=module, manifest=manifest)
+
+
+def measure(
+    job: CompressJob,
+    source: Resolved,
+    state: ModelState,
+    baseline: Candidate,
+    emitted: list[Emitted],
+    val: Dataset[Sample],
+) -> tuple[VariantReport, list[VariantReport]]:
+    """The source's row and every variant's, latency timed side by side, gates applied."""
+    models = {"__source__": baseline, **{e.name: e.candidate for e in emitted}}
+    grid = latency_grid(models, val, iters=job.latency_iters, warmup=job.warmup_iters)
+    base = report_for(
+        name=source.variant,
+        method=source.record.method,
+        state=state,
+        size_bytes=state.manifest.size_bytes,
+        acc=accuracy(baseline, val),
+        grid=grid,
+        key="__source__",
+        device=baseline.device,
+    )
+    base.model_digest = source.record.digest
+    reports = []
+    for e in emitted:
+        report = report_for(
+            name=e.name,
+            method="+".join(e.state.methods),
+            state=e.state,
+            size_bytes=e.size_bytes,
+            acc=e.accuracy,
+            grid=grid,
+            key=e.name,
+            device=e.candidate.device,
+        )
+        reports.append(compare(report, base, job))
+    return base, reports
 
 
 def check_data(bundle: DatasetBundle, manifest: Manifest, source: Resolved) -> None:
