@@ -140,7 +140,7 @@ def test_jobs_queued_behind_a_busy_worker_share_a_forward_and_a_bad_one_fails_al
     client.wait(client.submit_infer(cnn.name, batch(1)), timeout=60)  # warm: no load in the way
     slow = slow_model(fleet_settings)
     hold = client.submit_infer(slow, np.zeros((64, 3, 32, 32), dtype=np.float32))
-    wait_until_started(client, hold)
+    wait_until_active(client, worker, hold)
     # While the worker computes the slow job, these reach the batcher and queue up together.
     inputs = [batch(1, seed=i) for i in range(6)]
     good = [client.submit_infer(cnn.name, x) for x in inputs]
@@ -167,13 +167,18 @@ def slow_model(settings: Settings) -> str:
     return name
 
 
-def wait_until_started(client: Client, job_id: str) -> None:
-    """The worker has taken the job (task_track_started): block on its state, not on time."""
+def wait_until_active(client: Client, worker: WorkerProcess, job_id: str) -> None:
+    """Until the worker reports the job among its active tasks (a control broadcast round
+    trip per try; independent of task_track_started and task events)."""
     deadline = time.monotonic() + 60
-    while client.state(job_id).status == "PENDING":
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} was never started")
-        time.sleep(0.005)  # polling interval of the result backend, not a wait for the worker
+    while time.monotonic() < deadline:
+        inspect = client.app.control.inspect(destination=[worker.name], timeout=0.5)
+        active = (inspect.active() or {}).get(worker.name, [])
+        if any(task.get("id") == job_id for task in active):
+            return
+        if client.state(job_id).finished:
+            raise AssertionError(f"job {job_id} finished before it was seen running")
+    raise TimeoutError(f"job {job_id} was never seen running on {worker.name}")
 
 
 def test_bench_quick_json_has_the_documented_shape(fleet_dir: Path) -> None:
