@@ -88,38 +88,40 @@ def test_promoting_an_alias_under_load_swaps_the_model_with_no_failed_request(
     assert {d for after, _, d in answers if after} == {new_digest}
 
 
-def test_worker_serves_prometheus_metrics_that_move_with_jobs(
+def test_worker_preloads_and_serves_prometheus_metrics_that_move_with_jobs(
     client: Client, fleet_env: dict[str, str], fleet_dir: Path, fleet_settings: Settings
 ) -> None:
-    port = free_port()
-    process = WorkerProcess(
-        env={**fleet_env, "TORCHFLEET_METRICS_PORT": str(port)},
-        log_dir=fleet_dir,
-        queues="infer",
-        concurrency=2,
-    ).start()
     cnn = register_cnn(fleet_settings, seed=uuid.uuid4().int % 2**31)
+    port = free_port()
+    env = {
+        **fleet_env,
+        "TORCHFLEET_METRICS_PORT": str(port),
+        "TORCHFLEET_PRELOAD": json.dumps([cnn.name]),
+    }
+    process = WorkerProcess(env=env, log_dir=fleet_dir, queues="infer", concurrency=2).start()
     try:
         process.wait_ready(client)
-        served = 0
+        mine = []
         for _ in range(100):  # other workers share the queue: send until two land on this one
             result = client.wait(client.submit_infer(cnn.name, batch(2)), timeout=60)
-            served += result["worker"] == process.name
-            if served == 2:
+            if result["worker"] == process.name:
+                mine.append(result)
+            if len(mine) == 2:
                 break
-        assert served == 2, process.log()
+        assert len(mine) == 2, process.log()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             text = r.read().decode()
     finally:
         process.stop()
+    assert all(r["cache_hit"] for r in mine)  # preloaded at start-up: no request paid a load
     values = parse_metrics(text)
     job = (("device", "cpu"), ("model", cnn.name), ("variant", "base"))
     assert values["torchfleet_worker_total_ms_count", job] == 2
     assert values["torchfleet_batch_size_sum", job] == 4
     assert values["torchfleet_compute_ms_sum", job] > 0
     assert values["torchfleet_queue_wait_ms_count", job] == 2
-    assert values["torchfleet_cache_misses_total", (("device", "cpu"),)] >= 1
-    assert values["torchfleet_cache_hits_total", (("device", "cpu"),)] >= 1
+    assert values["torchfleet_cache_misses_total", (("device", "cpu"),)] == 1  # the preload
+    assert values["torchfleet_cache_hits_total", (("device", "cpu"),)] == 2
     assert values["torchfleet_cache_bytes", (("device", "cpu"),)] > 0
 
 
