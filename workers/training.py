@@ -53,7 +53,15 @@ from workers.train.optim import build_optimizer, build_scheduler
 from workers.zoo.datasets import DatasetBundle, load_dataset
 from workers.zoo.models import create_model
 
-__all__ = ["RunState", "build_model", "build_parts", "execute", "run_epoch", "seed_everything"]
+__all__ = [
+    "RunState",
+    "build_model",
+    "build_parts",
+    "execute",
+    "fit",
+    "run_epoch",
+    "seed_everything",
+]
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +272,33 @@ def run_epoch(
     )
 
 
+def fit(
+    job: TrainJob,
+    ctx: JobContext,
+    parts: TrainParts,
+    run: RunState,
+    loaders: tuple[Loader, Loader],
+    shuffle: torch.Generator,
+) -> None:
+    """Train the epochs the run has not finished yet, checkpointing and reporting after each."""
+    train, val = loaders
+    reporter = ProgressReporter(
+        ctx.progress, epochs=job.epochs, steps=len(train), first_epoch=run.epoch + 1
+    )
+    try:
+        for epoch in range(run.epoch + 1, job.epochs + 1):
+            if run.stopped_early:
+                break
+            reseed_epoch(job.seed, epoch, shuffle)
+            run.add(run_epoch(parts, train, val, epoch, reporter), parts.model)
+            save_checkpoint(ctx, job, parts, run)
+            reporter.epoch_end(run.history[-1])
+    except torch.OutOfMemoryError as e:
+        raise ResourceExhausted(
+            f"out of memory on {ctx.device} at batch size {job.batch_size}: {e}"
+        ) from e
+
+
 def execute(job: TrainJob, ctx: JobContext) -> TrainResult:
     """Train ``job`` on ``ctx.device``, resuming from a checkpoint, and register the best epoch.
 
@@ -283,21 +318,7 @@ def execute(job: TrainJob, ctx: JobContext) -> TrainResult:
     parts = build_parts(job, model, bundle.num_classes, len(train), ctx.device)
     run = RunState(stopper=EarlyStopping.from_spec(job.early_stopping))
     resumed_from = resume(ctx, job, parts, run)
-    reporter = ProgressReporter(
-        ctx.progress, epochs=job.epochs, steps=len(train), first_epoch=run.epoch + 1
-    )
-    try:
-        for epoch in range(run.epoch + 1, job.epochs + 1):
-            if run.stopped_early:
-                break
-            reseed_epoch(job.seed, epoch, shuffle)
-            run.add(run_epoch(parts, train, val, epoch, reporter), model)
-            save_checkpoint(ctx, job, parts, run)
-            reporter.epoch_end(run.history[-1])
-    except torch.OutOfMemoryError as e:
-        raise ResourceExhausted(
-            f"out of memory on {ctx.device} at batch size {job.batch_size}: {e}"
-        ) from e
+    fit(job, ctx, parts, run, (train, val), shuffle)
     digest, size_bytes = register(job, ctx, bundle, arch_kwargs, parts, run, resumed_from)
     ctx.store.drop_checkpoint(ctx.job_id)
     return TrainResult(
