@@ -144,8 +144,9 @@ class ModelCache:
             return self._used()
 
     def digests(self) -> list[str]:
+        """Digests held, least recently used first (once each, whatever their backends)."""
         with self._lock:
-            return [digest for digest, _ in self._models]
+            return list(dict.fromkeys(digest for digest, _ in self._models))
 
 
 def load_model(
