@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(
         default=2.0, ge=0, description="Longest a micro-batch waits for company."
     )
+    batch_parallel: int | None = Field(
+        default=None,
+        ge=1,
+        description="Micro-batches a worker runs at once; unset: 1 on a GPU, "
+        "CPU cores // torch threads on a CPU.",
+    )
     cache_bytes: int = Field(
         default=2 * 1024**3, gt=0, description="Model cache budget per device, in bytes."
     )
