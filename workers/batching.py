@@ -6,7 +6,8 @@ the same model (up to ``max_batch`` inputs), and waits up to ``max_wait_ms`` for
 while other slot holders are still decoding their inputs and may join. A lone job on an
 idle worker therefore waits for nothing: it runs in its own thread, with no hand-off to the
 dispatcher (a thread switch costs ~25 us idle, up to the interpreter's switch interval
-when the worker's other threads are busy). Forwards never overlap.
+when the worker's other threads are busy). At most ``parallel`` forwards run at once (one
+by default; on a CPU with single-threaded forwards, one per core keeps every core busy).
 
 Inputs are decoded and checked before they reach the batcher, and a merged forward that
 fails is retried job by job, so one bad job never fails the others in its batch.
@@ -52,17 +53,21 @@ class _Slot:
 
 
 class MicroBatcher:
-    """One dispatcher thread per worker device, fed by the task threads."""
+    """``parallel`` dispatcher threads per worker device, fed by the task threads."""
 
-    def __init__(self, *, max_batch: int, max_wait_ms: float, enabled: bool = True) -> None:
+    def __init__(
+        self, *, max_batch: int, max_wait_ms: float, enabled: bool = True, parallel: int = 1
+    ) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.enabled = enabled
+        self.parallel = parallel
         self._queue: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._undecided = 0
-        self._busy = False  # a forward is running or being gathered; one at a time
-        self._thread: threading.Thread | None = None
+        self._running = 0  # forwards running or being gathered; at most `parallel`
+        self._gathering = False
+        self._threads: list[threading.Thread] = []
 
     @contextmanager
     def slot(self) -> Iterator[_Slot]:
@@ -89,11 +94,16 @@ class MicroBatcher:
         with self._cond:
             slot.submitted = True
             self._undecided -= 1
-            inline = not self._queue and not self._busy and self._undecided == 0
+            inline = (
+                not self._queue
+                and not self._gathering
+                and self._running < self.parallel
+                and self._undecided == 0
+            )
             if inline:
-                self._busy = True
+                self._running += 1
             else:
-                self._ensure_thread()
+                self._ensure_threads()
                 self._queue.append(request)
                 self._cond.notify_all()
         if not inline:
@@ -110,13 +120,15 @@ class MicroBatcher:
 
     def _done(self) -> None:
         with self._cond:
-            self._busy = False
+            self._running -= 1
             self._cond.notify_all()
 
-    def _ensure_thread(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="micro-batcher", daemon=True)
-            self._thread.start()
+    def _ensure_threads(self) -> None:
+        while len(self._threads) < self.parallel:
+            name = f"micro-batcher-{len(self._threads)}"
+            thread = threading.Thread(target=self._loop, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def _loop(self) -> None:
         while True:
@@ -146,19 +158,27 @@ class MicroBatcher:
 
     def _next_group(self) -> list[_Request]:
         with self._cond:
-            while not self._queue or self._busy:
+            while not self._queue or self._running >= self.parallel or self._gathering:
                 self._cond.wait()
-            self._busy = True  # gathering counts: a job arriving now joins this group
-            group = [self._queue.popleft()]
-            size = len(group[0].inputs)
-            deadline = time.perf_counter() + self.max_wait_s
-            while size < self.max_batch:
-                size += self._take_same_model(group, self.max_batch - size)
-                remaining = deadline - time.perf_counter()
-                if size >= self.max_batch or self._undecided == 0 or remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            return group
+            self._running += 1  # gathering counts: a job arriving now joins this group
+            self._gathering = True  # one gatherer at a time, so a model's jobs are not split
+            try:
+                return self._gather(self._queue.popleft())
+            finally:
+                self._gathering = False
+                self._cond.notify_all()
+
+    def _gather(self, first: _Request) -> list[_Request]:
+        """``first`` and the jobs for its model that are queued or about to be (lock held)."""
+        group, size = [first], len(first.inputs)
+        deadline = time.perf_counter() + self.max_wait_s
+        while size < self.max_batch:
+            size += self._take_same_model(group, self.max_batch - size)
+            remaining = deadline - time.perf_counter()
+            if size >= self.max_batch or self._undecided == 0 or remaining <= 0:
+                break
+            self._cond.wait(remaining)
+        return group
 
     def _take_same_model(self, group: list[_Request], room: int) -> int:
         key, taken = group[0].model.key, 0

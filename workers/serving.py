@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+
+import torch
 
 from shared.errors import JobExpired, TorchfleetError
 from shared.jobs import InferJob, InferResult, Latency
@@ -19,6 +22,7 @@ def prepare_serving(rt: Runtime) -> None:
     """Worker start-up: cache options from settings, the metrics endpoint, the preload list."""
     rt.cache.channels_last = rt.settings.channels_last
     rt.cache.threads = rt.settings.torch_threads
+    rt.batcher.parallel = batch_parallel(rt.settings.batch_parallel, rt.device)
     if rt.settings.metrics_port is not None:
         gpu = rt.device if rt.device.type == "cuda" else None
         fleet = metrics.start_metrics(
@@ -33,6 +37,16 @@ def prepare_serving(rt: Runtime) -> None:
         resolved = rt.registry.resolve(ref)
         rt.cache.get(resolved.record.digest)
         log.info("preloaded %s (%s)", ref, resolved.record.digest[:12])
+
+
+def batch_parallel(choice: int | None, device: torch.device) -> int:
+    """Micro-batches run at once: as chosen; else 1 on a GPU (one stream), and on a CPU one
+    per group of torch threads, so single-threaded forwards still use every core."""
+    if choice is not None:
+        return choice
+    if device.type == "cuda":
+        return 1
+    return max(1, (os.cpu_count() or 1) // max(1, torch.get_num_threads()))
 
 
 def serve(job: InferJob, rt: Runtime, job_id: str) -> InferResult:

@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 from producers.client import Client
 from producers.encoding import encode_array
 from shared.connection import redis_client
-from shared.embedded import free_port
+from shared.embedded import EmbeddedRedis, free_port
 from shared.manifest import Manifest
 from shared.registry import ModelRegistry, VariantRecord
 from shared.settings import Settings
@@ -135,12 +136,31 @@ def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     }
 
 
+@pytest.fixture(scope="module")
+def lone_fleet(
+    fleet_env: dict[str, str], fleet_dir: Path
+) -> Iterator[tuple[Client, WorkerProcess, Settings]]:
+    """A worker alone on a Redis of its own (no other worker can take its jobs), running one
+    micro-batch at a time, so a slow job holds it deterministically."""
+    with EmbeddedRedis() as server:
+        settings = Settings(redis_url=server.url, artifacts=fleet_env["TORCHFLEET_ARTIFACTS"])
+        env = {**fleet_env, "TORCHFLEET_REDIS_URL": server.url, "TORCHFLEET_BATCH_PARALLEL": "1"}
+        process = WorkerProcess(env=env, log_dir=fleet_dir, queues="infer").start()
+        with Client(settings) as client:
+            try:
+                process.wait_ready(client)
+                yield client, process, settings
+            finally:
+                process.stop()
+
+
 def test_jobs_queued_behind_a_busy_worker_share_a_forward_and_a_bad_one_fails_alone(
-    client: Client, worker: WorkerProcess, fleet_settings: Settings
+    lone_fleet: tuple[Client, WorkerProcess, Settings],
 ) -> None:
-    cnn = register_cnn(fleet_settings, seed=uuid.uuid4().int % 2**31)
+    client, worker, settings = lone_fleet
+    cnn = register_cnn(settings, seed=uuid.uuid4().int % 2**31)
     client.wait(client.submit_infer(cnn.name, batch(1)), timeout=60)  # warm: no load in the way
-    slow = slow_model(fleet_settings)
+    slow = slow_model(settings)
     hold = client.submit_infer(slow, np.zeros((64, 3, 32, 32), dtype=np.float32))
     wait_until_active(client, worker, hold)
     # While the worker computes the slow job, these reach the batcher and queue up together.
@@ -152,6 +172,7 @@ def test_jobs_queued_behind_a_busy_worker_share_a_forward_and_a_bad_one_fails_al
     client.wait(hold, timeout=300)
     assert bad_state.status == "FAILURE" and bad_state.error_code == "bad_tensor"
     assert max(r["batch_size"] for r in results) > 1, [r["batch_size"] for r in results]
+    assert all(r["worker"] == worker.name for r in results)
     for x, result in zip(inputs, results, strict=True):
         assert [p[0]["label"] for p in result["predictions"]] == expected_labels(cnn.module, x)
 

@@ -28,13 +28,17 @@ class Recorder(nn.Module):
         self.running = 0
         self.most_running = 0
 
+        self.lock = threading.Lock()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.running += 1
-        self.most_running = max(self.most_running, self.running)
+        with self.lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
         self.entered.set()
         self.gate.wait(timeout=10)
-        self.sizes.append(len(x))
-        self.running -= 1
+        with self.lock:
+            self.sizes.append(len(x))
+            self.running -= 1
         return x.flatten(1)[:, :3]
 
 
@@ -222,3 +226,25 @@ def test_jobs_arriving_during_a_lone_forward_are_merged_after_it() -> None:
         assert lone.result(timeout=30) == 1
         assert [f.result(timeout=30) for f in followers] == [2, 2]
     assert recorder.sizes == [1, 2] and recorder.most_running == 1
+
+
+def test_parallel_batches_run_at_once_up_to_the_limit() -> None:
+    recorder = Recorder()
+    models = [loaded(recorder, c * 64) for c in "abc"]
+    batcher = MicroBatcher(max_batch=64, max_wait_ms=5_000, parallel=2)
+    recorder.gate.clear()
+    barrier = threading.Barrier(9)
+
+    def job(i: int) -> int:
+        with batcher.slot() as slot:
+            barrier.wait()
+            return batcher.run(models[i % 3], torch.zeros(1, 3), slot).batch_size
+
+    with ThreadPoolExecutor(9) as pool:
+        futures = [pool.submit(job, i) for i in range(9)]
+        while recorder.running < 2:  # two groups are inside their forwards at once
+            time.sleep(0.001)
+        recorder.gate.set()
+        sizes = [f.result(timeout=30) for f in futures]
+    assert recorder.most_running == 2 and sum(recorder.sizes) == 9
+    assert max(sizes) == 3  # each model's three jobs still share one forward
