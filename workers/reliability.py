@@ -65,6 +65,7 @@ __all__ = [
     "count_execution",
     "dead_letter",
     "delivery_counts",
+    "is_connection_error",
     "is_fatal_device_error",
     "list_dead_letters",
     "load_plugins",
@@ -242,6 +243,20 @@ def is_fatal_device_error(error: BaseException) -> bool:
     if type(error).__name__ == "AcceleratorError":
         return True
     return isinstance(error, RuntimeError) and any(m in text for m in FATAL_DEVICE_MARKERS)
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """Redis (broker, backend or registry) unreachable: the job is fine, the world is not."""
+    from kombu.exceptions import OperationalError
+
+    seen: BaseException | None = error
+    for _ in range(5):  # the error itself and the ones it was raised from
+        if seen is None:
+            return False
+        if isinstance(seen, (redis.ConnectionError, redis.TimeoutError, OperationalError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def request_replacement(exit_code: int = EXIT_DEVICE_FAULT) -> None:

@@ -7,12 +7,15 @@ result was written) returns that result without computing again.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Reject
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from shared.celery_app import create_app
 from shared.errors import InputError, InvalidJob, TorchfleetError, TransientError
@@ -27,11 +30,18 @@ from workers.control import (
     is_cancelled,
     poke_heartbeat,
 )
-from workers.reliability import DeviceFault, admit, is_fatal_device_error, request_replacement
+from workers.reliability import (
+    DeviceFault,
+    admit,
+    is_connection_error,
+    is_fatal_device_error,
+    request_replacement,
+)
 from workers.runtime import Runtime, get_runtime
 from workers.stats import infer_fields, record_job
 
 app = create_app()
+log = logging.getLogger("torchfleet.worker")
 MAX_RETRIES = 5
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 60.0
@@ -115,6 +125,8 @@ def run_job(
         _record(rt, kind, task.request.id, "error", started, error=str(e)[:200])
         raise
     except Exception as e:
+        if is_connection_error(e):  # Redis went away mid-job: not the job's fault, run it again
+            raise Reject(e, requeue=True) from e
         if not is_fatal_device_error(e):
             raise
         _record(rt, kind, task.request.id, "device_fault", started, error=str(e)[:200])
@@ -132,9 +144,12 @@ def _record(
     fields.setdefault("worker", rt.worker)
     fields.setdefault("device", str(rt.device))
     fields["wall_ms"] = round((time.perf_counter() - started) * 1000, 3)
-    record_job(
-        rt.client, rt.settings.stats_maxlen, kind=kind, job_id=job_id, outcome=outcome, **fields
-    )
+    try:  # a lost stats record must never fail (or lose) the job it describes
+        record_job(
+            rt.client, rt.settings.stats_maxlen, kind=kind, job_id=job_id, outcome=outcome, **fields
+        )
+    except RedisError as e:
+        log.warning("job %s: stats record lost (%s)", job_id, e)
     poke_heartbeat()
 
 

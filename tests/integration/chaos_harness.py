@@ -47,13 +47,15 @@ class ChaosFleet:
     def chaos_dir(self) -> Path:
         return Path(self.env["TF_CHAOS_DIR"])
 
-    def worker(self, *, concurrency: int = 2, ready: bool = True, **env: str) -> WorkerProcess:
-        """Start a chaos worker (micro-batching off, so each job's forward is its own)."""
+    def worker(
+        self, *, concurrency: int = 2, ready: bool = True, batching: bool = False, **env: str
+    ) -> WorkerProcess:
+        """Start a chaos worker (micro-batching off by default: each job's forward is its own)."""
         process = WorkerProcess(
             env={**self.env, **env},
             log_dir=self.root,
             concurrency=concurrency,
-            extra=["--no-batching"],
+            extra=[] if batching else ["--no-batching"],
         ).start()
         self.workers.append(process)
         if ready:
@@ -158,6 +160,32 @@ def register_chaos(settings: Settings, name: str | None = None, **arch_kwargs: i
     name = name or f"chaos-{uuid.uuid4().hex[:8]}"
     version = registry.new_version(name)
     registry.register(name, version, "base", VariantRecord(digest=stored.sha256, arch="chaos_net"))
+    return name
+
+
+def register_cnn(settings: Settings, name: str | None = None) -> str:
+    """Register an untrained cifar_cnn (3x32x32 inputs, 10 classes): the soak's model."""
+    import torch
+
+    from shared.connection import redis_client
+    from shared.manifest import Manifest
+    from shared.registry import ModelRegistry, VariantRecord
+    from workers.artifacts import ArtifactStore
+    from workers.zoo import create_model
+
+    torch.manual_seed(0)
+    module = create_model("cifar_cnn")
+    manifest = Manifest(
+        arch="cifar_cnn",
+        input_shape=[3, 32, 32],
+        num_classes=10,
+        class_names=[f"c{i}" for i in range(10)],
+    )
+    stored = ArtifactStore(settings.artifacts).put_model(module.state_dict(), manifest)
+    registry = ModelRegistry(redis_client(settings))
+    name = name or f"soak-{uuid.uuid4().hex[:8]}"
+    version = registry.new_version(name)
+    registry.register(name, version, "base", VariantRecord(digest=stored.sha256, arch="cifar_cnn"))
     return name
 
 

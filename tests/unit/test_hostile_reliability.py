@@ -169,3 +169,22 @@ def test_renewal_refreshes_held_deliveries_and_never_resurrects_acked_ones(
     assert redis_client.zscore(UNACKED_INDEX_KEY, "held") == 5000.0
     assert redis_client.zscore(UNACKED_INDEX_KEY, "acked") is None
     assert renew_visibility(redis_client, []) == 0
+
+
+def test_connection_errors_are_told_apart_from_job_errors() -> None:
+    from kombu.exceptions import OperationalError
+
+    from workers.reliability import is_connection_error
+
+    assert is_connection_error(redis.ConnectionError("Error 111 connecting"))
+    assert is_connection_error(redis.TimeoutError("Timeout reading from socket"))
+    assert is_connection_error(OperationalError("broker gone"))
+    try:
+        try:
+            raise redis.ConnectionError("down")
+        except redis.ConnectionError as inner:
+            raise RuntimeError("while resolving the model") from inner
+    except RuntimeError as outer:
+        assert is_connection_error(outer)
+    assert not is_connection_error(ValueError("bad shape"))
+    assert not is_connection_error(redis.ResponseError("WRONGTYPE"))
