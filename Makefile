@@ -24,5 +24,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# Fault injection (issue 7): worker kills, lost workers, warm shutdown, Redis restart and
+# pause, poison jobs, duplicates, device faults; then the chaos report (total-queue check
+# under every fault in random order, and a load-and-soak run). Fails if a job is lost.
+# CHAOS_ARGS passes options to the report, e.g. CHAOS_ARGS="--soak-jobs 5000".
+chaos: $(STAMP)
+	TORCHFLEET_CHAOS=1 $(PY) -m pytest -q tests/integration/test_chaos.py tests/integration/test_chaos_redis.py
+	$(PY) scripts/chaos.py all $(CHAOS_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

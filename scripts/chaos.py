@@ -35,6 +35,7 @@ import numpy as np
 import redis
 
 from producers.client import Client
+from shared.names import KEY_STATS
 from tests.fleet import WorkerProcess
 from tests.integration.chaos_harness import (
     RESULT_PREFIX,
@@ -285,6 +286,17 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def rss_at(series: list[tuple[int, float]], done: int, default: float) -> float:
+    """The worker's RSS at the first sample where it had finished ``done`` jobs."""
+    return next((rss for count, rss in series if count >= done), default)
+
+
+def by_progress(series: list[tuple[int, float]], jobs: int) -> dict[str, float]:
+    """RSS when 20, 40, 60, 80 and 100 % of the jobs were done."""
+    last = series[-1][1] if series else 0.0
+    return {f"{p}%": round(rss_at(series, jobs * p // 100, last), 1) for p in (20, 40, 60, 80, 100)}
+
+
 def run_soak(jobs: int, producers: int, root: Path) -> dict[str, Any]:
     fleet = open_fleet(root / "soak")
     try:
@@ -317,8 +329,11 @@ def run_soak(jobs: int, producers: int, root: Path) -> dict[str, Any]:
         started = time.monotonic()
         for thread in threads:
             thread.start()
+        series: list[tuple[int, float]] = []  # (jobs the worker finished, its RSS in MB)
         while any(t.is_alive() for t in threads):
-            rss_peak = max(rss_peak, rss_mb(worker.pid))
+            rss = rss_mb(worker.pid)
+            rss_peak = max(rss_peak, rss)
+            series.append((int(fleet.client.redis.xlen(KEY_STATS)) - len(warm), rss))
             threads[0].join(0.5)  # sample the worker's memory while the producers run
         elapsed = time.monotonic() - started
         rss_end = rss_mb(worker.pid)
@@ -339,6 +354,8 @@ def run_soak(jobs: int, producers: int, root: Path) -> dict[str, Any]:
             "rss_end_mb": round(rss_end, 1),
             "rss_growth_mb": round(rss_end - rss_warm, 1),
             "rss_growth_pct": round(100 * (rss_end - rss_warm) / rss_warm, 1),
+            "rss_by_progress_mb": by_progress(series, jobs),
+            "rss_growth_after_20pct_mb": round(rss_end - rss_at(series, jobs // 5, rss_warm), 1),
             "result_ttl_s": fleet.settings.result_ttl_s,
             "result_keys_with_ttl": sum(1 for t in ttls if 0 < t <= fleet.settings.result_ttl_s),
             "result_keys_sampled": len(ttls),
