@@ -35,6 +35,7 @@ class Candidate:
 class Percentiles:
     p50_ms: float
     p95_ms: float
+    min_ms: float
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -108,7 +109,9 @@ def latencies(
                     torch.cuda.synchronize(model.device)
                 if i >= warmup:
                     times[name].append((time.perf_counter() - started) * 1000)
-    return {name: Percentiles(percentile(t, 50), percentile(t, 95)) for name, t in times.items()}
+    return {
+        name: Percentiles(percentile(t, 50), percentile(t, 95), min(t)) for name, t in times.items()
+    }
 
 
 def latency_grid(
