@@ -34,8 +34,12 @@ def prepare_serving(rt: Runtime) -> None:
         )
         rt.cache.listeners.append(fleet.on_cache_event)
     for ref in rt.settings.preload:
-        resolved = rt.registry.resolve(ref)
-        rt.cache.get(resolved.record.digest)
+        try:
+            resolved = rt.registry.resolve(ref)
+            rt.cache.get(resolved.record.digest)
+        except TorchfleetError as e:  # a stale preload entry must not keep the worker down
+            log.error("preload of %s failed (%s): %s", ref, e.code, e)
+            continue
         log.info("preloaded %s (%s)", ref, resolved.record.digest[:12])
 
 

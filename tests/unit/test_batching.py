@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ from shared.errors import ResourceExhausted
 from shared.manifest import Manifest
 from workers.batching import MicroBatcher, forward_with_oom_backoff
 from workers.cache import LoadedModel
+from workers.serving import batch_parallel
 
 
 class Recorder(nn.Module):
@@ -248,3 +250,14 @@ def test_parallel_batches_run_at_once_up_to_the_limit() -> None:
         sizes = [f.result(timeout=30) for f in futures]
     assert recorder.most_running == 2 and sum(recorder.sizes) == 9
     assert max(sizes) == 3  # each model's three jobs still share one forward
+
+
+def test_parallel_batches_default_to_one_per_core_group_on_a_cpu() -> None:
+    assert batch_parallel(3, torch.device("cpu")) == 3
+    assert batch_parallel(None, torch.device("cuda")) == 1
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert batch_parallel(None, torch.device("cpu")) == max(1, os.cpu_count() or 1)
+    finally:
+        torch.set_num_threads(threads)
