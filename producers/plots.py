@@ -41,7 +41,7 @@ def plot_learning_curve(result: dict[str, Any], path: str) -> None:
     best = result.get("best_epoch")
     if best:
         ax_acc.axvline(best, color="grey", linestyle="--", label=f"best (epoch {best})")
-        ax_acc.legend()
+        ax_acc.legend(loc="lower right")
     ax_acc.set_title("validation accuracy (%)")
     ax_lr.plot(epochs, [h["lr"] for h in history], marker="o", color="C3")
     ax_lr.set_title("learning rate")
