@@ -217,6 +217,7 @@ OPTIONS: list[dict[str, Any]] = [
     {"loss": {"name": "mse", "label_smoothing": 0.05}},
     {"schedule": {"name": "onecycle"}},
     {"init": "source", "arch": "cifar_cnn", "arch_kwargs": {}},
+    {"init": "source", "arch": "mobilenet_v3_small", "arch_kwargs": {}, "batch_size": 32},
     {"grad_clip": 1.0, "amp": True},
     {"augment": {"random_crop": True, "crop_padding": 2, "hflip": True}},
 ]
