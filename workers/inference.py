@@ -48,12 +48,14 @@ def decode_tensor(payload: TensorPayload, manifest: Manifest) -> torch.Tensor:
         raw = fast_base64.b64decode(payload.data, validate=True)
     except (binascii.Error, ValueError) as e:
         raise BadTensor(f"tensor data is not valid base64: {e}") from e
-    array = np.frombuffer(raw, dtype=NP_DTYPES[payload.dtype]).reshape(payload.shape)
+    wire = np.dtype(NP_DTYPES[payload.dtype]).newbyteorder("<")  # the payload's byte order
+    array = np.frombuffer(raw, dtype=wire).reshape(payload.shape)
     if payload.dtype == "uint8":
-        return preprocess_pixels(torch.from_numpy(array.copy()), manifest)
+        return preprocess_pixels(torch.from_numpy(array.astype(np.uint8)), manifest)
     if payload.dtype == "int64":
         raise BadTensor("int64 inputs are not images or features; send float32 or uint8")
-    tensor = torch.from_numpy(array.astype(np.float32, copy=False).copy())
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf, refused below
+        tensor = torch.from_numpy(array.astype(np.float32))  # a native, writable copy
     expected = list(manifest.input_shape)
     if list(tensor.shape) == expected:
         tensor = tensor.unsqueeze(0)
