@@ -14,6 +14,7 @@ from torch import nn
 from shared.errors import InvalidJob, UnsafeArtifact
 from shared.manifest import Manifest
 from workers.artifacts import ArtifactStore
+from workers.batching import timed_forward
 from workers.cache import ModelCache, load_model
 from workers.zoo import create_model
 
@@ -211,3 +212,19 @@ def test_a_compile_that_fails_falls_back_to_eager(
         expected = module(batch)
     assert model.backend == "eager"
     torch.testing.assert_close(model.forward(batch), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_serving_autocasts_times_with_events_and_answers_like_the_cpu(
+    store: ArtifactStore,
+) -> None:
+    digest, module = store_model(store, "cifar_cnn", 14)
+    model = load_model(store, digest, torch.device("cuda"))
+    batch = torch.randn(8, 3, 32, 32)
+    logits, compute_ms = timed_forward(model, batch)
+    with torch.inference_mode():
+        expected = module(batch)
+    assert model.device.type == "cuda" and logits.device.type == "cpu"
+    assert logits.dtype == torch.float32 and compute_ms > 0
+    torch.testing.assert_close(logits, expected, rtol=0.05, atol=0.05)  # bf16 autocast
+    assert (logits.argmax(1) == expected.argmax(1)).float().mean() >= 0.75

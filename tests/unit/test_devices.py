@@ -10,7 +10,7 @@ import redis
 import torch
 
 from shared.errors import InvalidJob
-from workers.devices import RENEW_IF_OWNER, claim_gpu, select_device
+from workers.devices import RENEW_IF_OWNER, claim_gpu, gpu_uuids, select_device
 
 
 def test_each_worker_claims_a_different_gpu(redis_client: redis.Redis) -> None:
@@ -71,3 +71,13 @@ def test_cuda_asked_for_on_a_host_without_one_is_a_clear_error(
     with pytest.raises(InvalidJob, match="no usable CUDA"):
         select_device("cuda", redis_client, "w", 30)
     assert select_device("auto", redis_client, "w", 30)[0] == torch.device("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_plain_cuda_claims_a_real_gpu_by_uuid_and_releases_it(redis_client: redis.Redis) -> None:
+    device, lease = select_device("cuda", redis_client, "w1", 30)
+    assert lease is not None and device == torch.device(f"cuda:{lease.index}")
+    assert lease.uuid == gpu_uuids()[lease.index]
+    assert redis_client.get(lease.key) == b"w1"
+    lease.release()
+    assert redis_client.get(lease.key) is None
