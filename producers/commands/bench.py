@@ -197,7 +197,7 @@ def machine(device: str, threads: int) -> dict[str, Any]:
     import celery
     import torch
 
-    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
+    gpu = torch.cuda.get_device_name(torch.device(device).index or 0) if "cuda" in device else None
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
@@ -344,7 +344,7 @@ def floor_rows(settings: Any, arch: str, digest: str, plan: Plan) -> list[Row]:
     from workers.inference import decode_inputs
 
     torch.set_num_threads(plan.threads)
-    device = torch.device("cuda" if plan.device.startswith("cuda") else "cpu")
+    device = torch.device(plan.device if plan.device.startswith("cuda") else "cpu")
     model = load_model(ArtifactStore(settings.artifacts), digest, device)
     rows = []
     for inputs in (1, BIG_JOB):
