@@ -69,6 +69,7 @@ __all__ = [
     "is_fatal_device_error",
     "list_dead_letters",
     "load_plugins",
+    "orphaned",
     "requeue",
 ]
 
@@ -199,6 +200,33 @@ def admit(client: redis.Redis, settings: Any, request: Any, worker: str, payload
         )
     check_payload(payload, settings.max_payload_bytes)
     count_execution(client, request.id, settings.result_ttl_s)
+
+
+# ----------------------------------------------------------------- orphans
+def orphaned(client: redis.Redis, job_ids: Iterable[str], queues: Iterable[str]) -> list[str]:
+    """Jobs that exist nowhere any more: no result, no message in a queue, none unacked.
+
+    kombu's Redis transport pops a message (BRPOP) and records it as unacknowledged in a
+    second step; a connection lost in between (Redis restarted at that instant) drops the
+    message. Only the producer still knows the job then: it finds such ids with this
+    function and submits them again under the same id (a job that did run after all is
+    answered from its stored result). Scans the queues: meant for reconciliation, not for
+    every request.
+    """
+    from shared.names import queue_keys
+
+    wanted = [j for j in job_ids if not client.exists(f"celery-task-meta-{j}")]
+    if not wanted:
+        return []
+    present: set[str] = set()
+    raws = [raw for q in queues for key in queue_keys(q) for raw in client.lrange(key, 0, -1)]
+    raws += [json.loads(v)[0] for v in client.hvals("unacked")]
+    for raw in raws:
+        message = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
+        job_id = (message.get("headers") or {}).get("id")
+        if job_id:
+            present.add(str(job_id))
+    return [j for j in wanted if j not in present]
 
 
 # ----------------------------------------------------------------- payload limits

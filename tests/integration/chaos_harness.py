@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ PLUGIN = "tests.integration.chaos_models"
 VISIBILITY_TIMEOUT_S = 3
 RESULT_PREFIX = "celery-task-meta-"
 POLL_S = 0.05
+ORPHAN_AFTER_S = 10.0
 
 
 @dataclass
@@ -223,6 +224,37 @@ def drain(client: Client, job_ids: Iterable[str], timeout: float = 120) -> dict[
         if pending:
             time.sleep(POLL_S)  # the result backend is the thing waited on
     return states
+
+
+def drain_reconciled(
+    client: Client,
+    job_ids: Iterable[str],
+    resubmit: Callable[[str], None],
+    timeout: float = 120,
+    orphan_after_s: float = ORPHAN_AFTER_S,
+) -> tuple[dict[str, JobState], list[str]]:
+    """:func:`drain`, resubmitting (same id) the jobs that exist nowhere any more.
+
+    What a careful producer does: a job with no result, in no queue and unacknowledged
+    nowhere for ``orphan_after_s`` was dropped by the transport (see
+    :func:`workers.reliability.orphaned`). Returns the states and the ids resubmitted.
+    """
+    from shared.names import ALL_QUEUES, DEVICE_KINDS, device_queue
+    from workers.reliability import orphaned
+
+    ids = list(dict.fromkeys(job_ids))
+    queues = [*ALL_QUEUES, *(device_queue(q, d) for d in DEVICE_KINDS for q in ALL_QUEUES)]
+    resubmitted: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return drain(client, ids, min(orphan_after_s, timeout)), resubmitted
+        except JobTimeout:
+            if time.monotonic() > deadline:
+                raise
+        for job_id in orphaned(client.redis, ids, queues):
+            resubmit(job_id)
+            resubmitted.append(job_id)
 
 
 def wait_status(client: Client, job_id: str, statuses: set[str], timeout: float = 120) -> JobState:

@@ -188,3 +188,20 @@ def test_connection_errors_are_told_apart_from_job_errors() -> None:
         assert is_connection_error(outer)
     assert not is_connection_error(ValueError("bad shape"))
     assert not is_connection_error(redis.ResponseError("WRONGTYPE"))
+
+
+def test_orphans_are_jobs_with_no_result_no_queued_and_no_unacked_message(
+    redis_client: redis.Redis,
+) -> None:
+    from workers.reliability import orphaned
+
+    def message(job_id: str) -> str:
+        return json.dumps({"body": "", "headers": {"id": job_id, "task": "torchfleet.infer"}})
+
+    redis_client.rpush("infer", message("queued"))
+    redis_client.rpush("infer\x06\x169", message("queued-low"))
+    redis_client.hset("unacked", "tag-1", json.dumps([json.loads(message("running")), "", "infer"]))
+    redis_client.set("celery-task-meta-done", json.dumps({"status": "SUCCESS"}))
+    ids = ["queued", "queued-low", "running", "done", "dropped"]
+    assert orphaned(redis_client, ids, ["infer", "train"]) == ["dropped"]
+    assert orphaned(redis_client, ["done"], ["infer"]) == []
