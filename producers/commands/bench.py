@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -579,7 +580,7 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     m = report["machine"]
     table = Table(
         "arm", "model", "producers", "inputs/job", "jobs", "p50 ms", "p95 ms", "p99 ms",
-        "inputs/s",
+        "inputs/s", expand=False,
         title=f"torchfleet bench: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
         f"celery {m['celery']}, {m['device']}, {m['torch_threads']} thread(s)",
     )  # fmt: skip
@@ -658,4 +659,4 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(report))
         else:
-            print_report(Console(), report)
+            print_report(Console(width=max(120, shutil.get_terminal_size().columns)), report)
