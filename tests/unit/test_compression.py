@@ -130,6 +130,20 @@ def test_prune_then_quantize_composes_recipes(ctx: JobContext) -> None:
     assert val_accuracy(module) == pytest.approx(result.variants[1].accuracy, abs=1e-6)
 
 
+def test_a_variant_can_be_the_source_and_recipes_stack(ctx: JobContext) -> None:
+    execute(job([{"method": "prune_structured", "amount": 0.5, "variant": "slim"}]), ctx)
+    steps = [{"method": "quantize_dynamic"}]
+    result = execute(job(steps).model_copy(update={"source": "digits:1:slim"}), ctx)
+
+    (report,) = result.variants
+    assert report.variant == "slim-int8dyn" and report.registered
+    assert result.baseline.variant == "slim"
+    module, manifest = load_variant(ctx, "digits:1:slim-int8dyn")
+    assert [s["method"] for s in manifest.recipe] == ["prune_structured", "quantize_dynamic"]
+    assert val_accuracy(module) == pytest.approx(report.accuracy, abs=1e-6)
+    assert ctx.registry.get("digits", 1, "slim-int8dyn").parent == "digits:1:slim"
+
+
 def test_progress_names_every_step(settings: Settings, registry: ModelRegistry) -> None:
     events: list[dict[str, Any]] = []
     ctx = context(settings, registry, events)

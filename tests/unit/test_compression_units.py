@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from shared.jobs import CompressJob, VariantReport
@@ -104,6 +108,7 @@ def test_sparsity_and_weight_counts() -> None:
 
 def test_default_names_and_the_variant_rule() -> None:
     assert default_name(["prune_structured", "finetune", "quantize_static"]) == "pruned-ft-int8"
+    assert default_name(["quantize_dynamic"], "slim") == "slim-int8dyn"
     job = CompressJob.model_validate(
         {
             "source": "m",
@@ -180,3 +185,36 @@ def test_result_table_lists_the_source_then_each_variant() -> None:
     assert [r[-1] for r in rows] == ["source", "registered", "failed gates"]
     assert rows[1][header.index("speed-up b32")] == "2.50x"
     assert rows[1][header.index("d acc pt")] == "-0.30"
+
+
+def test_a_serving_process_rebuilds_int8_without_importing_compression(tmp_path: Path) -> None:
+    """build_module finds the compression recipes on its own (a fresh interpreter)."""
+    quantized = quantize_dynamic_module(mlp(), per_channel=False)
+    manifest = Manifest(
+        arch="mlp",
+        arch_kwargs={"hidden": 32, "depth": 2, **KWARGS},
+        input_shape=[1, 8, 8],
+        num_classes=10,
+        recipe=[{"method": "quantize_dynamic", "per_channel": False, "engine": "x86"}],
+    )
+    (tmp_path / "w.safetensors").write_bytes(to_safetensors(encode_state(quantized.state_dict())))
+    (tmp_path / "m.json").write_text(manifest.model_dump_json())
+    x = torch.randn(3, 1, 8, 8)
+    save_file({"x": x}, tmp_path / "x.safetensors")
+    code = """
+import sys
+from pathlib import Path
+from safetensors.torch import load_file, save_file
+from shared.manifest import Manifest
+from workers.artifacts import from_safetensors
+from workers.modelio import build_module
+assert "workers.compression" not in sys.modules
+d = Path(sys.argv[1])
+m = build_module(Manifest.model_validate_json((d / "m.json").read_text()),
+                 from_safetensors((d / "w.safetensors").read_bytes(), what="w"))
+save_file({"y": m(load_file(d / "x.safetensors")["x"])}, d / "y.safetensors")
+"""
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=root, timeout=120)
+    served = load_file(tmp_path / "y.safetensors")["y"]
+    assert torch.equal(served, quantized(x))

@@ -29,7 +29,7 @@ from shared.errors import (
 )
 from shared.jobs import CompressJob, CompressResult, CompressStep, VariantReport
 from shared.manifest import Manifest
-from shared.registry import Resolved, VariantRecord
+from shared.registry import BASE_VARIANT, Resolved, VariantRecord
 from workers.compression.evaluation import (
     Candidate,
     Percentiles,
@@ -76,18 +76,24 @@ class Emitted:
 
 
 # ------------------------------------------------------------------ pure helpers
-def default_name(methods: list[str]) -> str:
-    """``pruned-ft-int8`` for prune_structured, finetune, quantize_static."""
-    return "-".join(TAGS.get(m, m) for m in methods)[:MAX_NAME].strip("-_")
+def default_name(methods: list[str], source_variant: str = BASE_VARIANT) -> str:
+    """``pruned-ft-int8`` for prune_structured, finetune, quantize_static; prefixed with the
+    source's variant when the source is itself a variant (``slim-int8``)."""
+    tags = [TAGS.get(m, m) for m in methods]
+    if source_variant != BASE_VARIANT:
+        tags.insert(0, source_variant)
+    return "-".join(tags)[:MAX_NAME].strip("-_")
 
 
-def planned_variants(steps: list[CompressStep]) -> list[tuple[int, str]]:
+def planned_variants(
+    steps: list[CompressStep], source_variant: str = BASE_VARIANT
+) -> list[tuple[int, str]]:
     """(index of the step after which it is emitted, name) for every variant the job emits."""
     planned: list[tuple[int, str]] = []
     for i, step in enumerate(steps):
         last = i == len(steps) - 1
         if step.variant or last:
-            name = step.variant or default_name([s.method for s in steps[: i + 1]])
+            name = step.variant or default_name([s.method for s in steps[: i + 1]], source_variant)
             if any(name == other for _, other in planned):
                 name = f"{name}-{i + 1}"
             planned.append((i, name))
@@ -120,7 +126,7 @@ def execute(job: CompressJob, ctx: JobContext) -> CompressResult:
     source, state = load_source(job, ctx)
     bundle = load_dataset(job.eval_dataset)
     check_data(bundle, state.manifest, source)
-    planned = planned_variants(job.steps)
+    planned = planned_variants(job.steps, source.variant)
     check_names(planned, source, ctx)
     env = StepEnv(
         train=bundle.train,
