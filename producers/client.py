@@ -260,18 +260,7 @@ class Client:
     # ------------------------------------------------------------- read
     def state(self, job_id: str) -> JobState:
         """The job's current state from the result backend (PENDING if unknown or queued)."""
-        meta = self.app.backend.get_task_meta(job_id)
-        status = str(meta.get("status", "PENDING"))
-        payload = meta.get("result")
-        if status == "SUCCESS":
-            return JobState(job_id, status, result=payload if isinstance(payload, dict) else None)
-        if status == "FAILURE":
-            code, message = _error_of(payload, meta)
-            return JobState(job_id, status, error_code=code, error=message)
-        if status == "REVOKED":
-            return JobState(job_id, status, error_code="cancelled", error="job was cancelled")
-        progress = payload if isinstance(payload, dict) else {}
-        return JobState(job_id, status, progress=progress)
+        return _state_from_meta(job_id, self.app.backend.get_task_meta(job_id))
 
     def wait(
         self,
@@ -309,14 +298,15 @@ class Client:
 
     def _wait_pubsub(self, job_id: str, timeout: float | None) -> JobState:
         """Wait on the result backend's pub/sub notification instead of polling."""
+        handle = self.app.AsyncResult(job_id)
         try:
-            self.app.AsyncResult(job_id).get(timeout=timeout, propagate=False)
+            handle.get(timeout=timeout, propagate=False)
         except CeleryTimeoutError:
             state = self.state(job_id)
             raise JobTimeout(
                 f"job {job_id} did not finish within {timeout} s ({state.status})"
             ) from None
-        return self.state(job_id)
+        return _state_from_meta(job_id, {"status": handle.state, "result": handle.result})
 
     def cancel(self, job_id: str) -> JobState:
         """Cancel a queued or running job; its state before the cancel.
@@ -446,6 +436,20 @@ def _validate(spec: dict[str, Any]) -> AnyJob:
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
         )
         raise InvalidJob(f"invalid job: {problems}") from None
+
+
+def _state_from_meta(job_id: str, meta: dict[str, Any]) -> JobState:
+    status = str(meta.get("status", "PENDING"))
+    payload = meta.get("result")
+    if status == "SUCCESS":
+        return JobState(job_id, status, result=payload if isinstance(payload, dict) else None)
+    if status == "FAILURE":
+        code, message = _error_of(payload, meta)
+        return JobState(job_id, status, error_code=code, error=message)
+    if status == "REVOKED":
+        return JobState(job_id, status, error_code="cancelled", error="job was cancelled")
+    progress = payload if isinstance(payload, dict) else {}
+    return JobState(job_id, status, progress=progress)
 
 
 def _error_of(payload: Any, meta: dict[str, Any]) -> tuple[str, str]:

@@ -21,6 +21,7 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
+from producers.aggregate import percentile
 from producers.client import Client
 from producers.encoding import encode_array
 from shared.embedded import EmbeddedRedis
@@ -156,20 +157,12 @@ def serve_load(client: Client, ref: str, images: list[Any], labels: list[int]) -
         "p50_ms": percentile(latencies, 50),
         "p95_ms": percentile(latencies, 95),
         "p99_ms": percentile(latencies, 99),
-        "worker_p50_ms": percentile(sorted(r["latency"]["total_worker_ms"] for r in results), 50),
-        "compute_p50_ms": percentile(sorted(r["latency"]["compute_ms"] for r in results), 50),
+        "worker_p50_ms": percentile([r["latency"]["total_worker_ms"] for r in results], 50),
+        "compute_p50_ms": percentile([r["latency"]["compute_ms"] for r in results], 50),
         "mean_batch": sum(r["batch_size"] for r in results) / len(results),
         "throughput": len(results) / wall,
         "cache_hits": sum(r["cache_hit"] for r in results),
     }
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
-    return sorted_values[rank]
 
 
 def print_summary(console: Console, summary: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +67,9 @@ def start_runtime(worker: str | None = None) -> Runtime:
             torch.set_num_threads(settings.torch_threads)
         client = redis_client(settings)
         name = worker or f"torchfleet@{socket.gethostname()}"
-        device, lease = select_device(settings.device, client, name, settings.gpu_lease_ttl_s)
+        device, lease = select_device(
+            settings.device, client, f"{name}#{uuid.uuid4().hex[:8]}", settings.gpu_lease_ttl_s
+        )
         store = ArtifactStore(settings.artifacts)
         _runtime = Runtime(
             settings=settings,
