@@ -17,20 +17,20 @@ from workers.artifacts import ArtifactStore
 from workers.context import JobContext
 from workers.modelio import build_module
 from workers.zoo.datasets import load_dataset
-from workers.zoo.models import MODELS, create_model
+from workers.zoo.models import create_model
 
 DATA = DatasetSpec(name="digits", channels=1, image_size=8, limit=400, val_fraction=0.25)
 ARCH_KWARGS: dict[str, Any] = {"num_classes": 10, "in_channels": 1, "image_size": 8}
 FAST = {"latency_iters": 3, "warmup_iters": 0, "eval_dataset": DATA.model_dump()}
 
-if "test_linear_only" not in MODELS:
 
-    @MODELS.register("test_linear_only")
-    def test_linear_only(
-        num_classes: int = 10, in_channels: int = 1, image_size: int = 8
-    ) -> nn.Module:
-        """A classifier and nothing else: no layer for channel pruning to remove."""
-        return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, num_classes))
+def linear_only(num_classes: int = 10, in_channels: int = 1, image_size: int = 8) -> nn.Module:
+    """A classifier and nothing else: no layer for channel pruning to remove.
+
+    Tests add it to the zoo with ``monkeypatch.setitem(MODELS._items, ...)`` so it never
+    leaks into other tests that walk every registered architecture.
+    """
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, num_classes))
 
 
 def quick_train(module: nn.Module, epochs: int = 15, seed: int = 0) -> nn.Module:

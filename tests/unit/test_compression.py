@@ -15,12 +15,14 @@ from shared.settings import Settings
 from tests.unit.compression_helpers import (
     context,
     job,
+    linear_only,
     load_variant,
     register_source,
     val_accuracy,
 )
 from workers.compression import execute
 from workers.context import JobContext
+from workers.zoo.models import MODELS
 
 
 @pytest.fixture
@@ -227,10 +229,11 @@ def assert_nothing_registered(ctx: JobContext, source_digest: str) -> None:
 
 
 def test_a_method_on_a_model_it_cannot_handle_names_the_step(
-    settings: Settings, registry: ModelRegistry
+    settings: Settings, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setitem(MODELS._items, "linear_only", linear_only)
     ctx = context(settings, registry, [])
-    digest = register_source(ctx.store, registry, arch="test_linear_only", train=False)
+    digest = register_source(ctx.store, registry, arch="linear_only", train=False)
     with pytest.raises(CompressionError, match=r"step 1 \(prune_structured\).*no channel"):
         execute(job([{"method": "prune_structured"}]), ctx)
     steps = [{"method": "prune_l1", "include_classifier": False}]
