@@ -75,30 +75,19 @@ def render_train(console: Console, result: dict[str, Any]) -> None:
 
 
 def render_compress(console: Console, result: dict[str, Any]) -> None:
-    table = Table(
-        "variant", "method", "size", "params", "sparsity", "accuracy", "Δacc pt",
-        "b1 p50 ms", "b32 p50 ms", "speed-up", "gates", title=f"compression of {result['source']}",
-    )  # fmt: skip
-    for row in [result["baseline"], *result["variants"]]:
-        table.add_row(
-            row["variant"],
-            row["method"],
-            f"{row['size_bytes'] / 1024:.0f} KiB",
-            f"{row['parameters']:,}",
-            f"{row['sparsity']:.0%}",
-            f"{row['accuracy']:.2%}",
-            f"{row['accuracy_delta']:+.2f}",
-            f"{row['latency_b1_p50_ms']:.3f}",
-            f"{row['latency_b32_p50_ms']:.3f}",
-            f"{row['speedup']:.2f}x",
-            ("pass" if row["passed"] else "FAIL") + (" (registered)" if row["registered"] else ""),
-        )
+    from shared.jobs import CompressResult
+
+    parsed = CompressResult.model_validate(result)
+    header, rows = parsed.table()
+    table = Table(*header, title=f"compression of {parsed.source}")
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
-    for row in result["variants"]:
-        for note in row.get("notes", []):
-            console.print(f"[dim]{row['variant']}: {note}[/]")
-    if result.get("promoted"):
-        console.print(f"promoted: [bold]{result['promoted']}[/]")
+    for variant in parsed.variants:
+        for note in variant.notes:
+            console.print(f"[dim]{variant.variant}: {note}[/]")
+    if parsed.promoted:
+        console.print(f"promoted: [bold]{parsed.promoted}[/]")
 
 
 def render_progress_text(progress: dict[str, Any]) -> str:
