@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import binascii
 import io
+import math
 
 import numpy as np
 import torch
@@ -49,6 +50,12 @@ def decode_tensor(payload: TensorPayload, manifest: Manifest) -> torch.Tensor:
     except (binascii.Error, ValueError) as e:
         raise BadTensor(f"tensor data is not valid base64: {e}") from e
     wire = np.dtype(NP_DTYPES[payload.dtype]).newbyteorder("<")  # the payload's byte order
+    expected_bytes = math.prod(payload.shape) * wire.itemsize
+    if len(raw) != expected_bytes:  # base64 padding can hide a short payload from the length check
+        raise BadTensor(
+            f"tensor data holds {len(raw)} bytes; shape {payload.shape} of {payload.dtype} "
+            f"needs {expected_bytes}"
+        )
     array = np.frombuffer(raw, dtype=wire).reshape(payload.shape)
     if payload.dtype == "uint8":
         return preprocess_pixels(torch.from_numpy(array.astype(np.uint8)), manifest)

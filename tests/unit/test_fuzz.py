@@ -146,12 +146,6 @@ def test_image_decoding_of_arbitrary_bytes_yields_a_batch_or_a_bad_tensor(
     assert list(batch.shape) == [len(blobs), *MANIFEST.input_shape]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by fuzzing: base64 whose padding hides bytes passes TensorPayload's length "
-    "check, and decode_tensor's reshape raises a bare ValueError instead of BadTensor "
-    "(fix in workers/inference.py: compare len(raw) with the shape's byte size)",
-)
 @pytest.mark.parametrize("data", ["AA==", "AAA="])
 def test_padding_that_hides_bytes_is_a_bad_tensor(data: str) -> None:
     payload = TensorPayload(dtype="uint8", shape=[3], data=data)
