@@ -45,6 +45,11 @@ def create_app(settings: Settings | None = None) -> Celery:
         # A worker killed inside a sweep must not block every other sweep for kombu's 5 min.
         "unacked_mutex_expire": 60,
         "health_check_interval": 10,
+        # Without it a read on a connection that Redis dropped (a restart) blocks the worker's
+        # event loop for good; BRPOP itself waits 1 s, well inside this. A timeout is a lost
+        # connection here (kombu reconnects), not something to retry on the same socket.
+        "socket_timeout": 5,
+        "retry_on_timeout": False,
     }
     # Every queue, plus the device-only ones (infer.cpu, infer.cuda...) that device routing uses.
     queue_names = [*ALL_QUEUES, *(device_queue(q, d) for d in DEVICE_KINDS for q in ALL_QUEUES)]

@@ -37,6 +37,8 @@ from shared.names import KEY_DEADLETTER, KEY_DELIVERIES, TASK_QUEUES
 
 log = logging.getLogger("torchfleet.worker")
 UNACKED_INDEX_KEY = "unacked_index"  # kombu's Redis transport: delivery tag -> delivered at
+APPEND_RETRY_S = 30.0
+APPEND_RETRY_PAUSE_S = 0.1
 EXIT_DEVICE_FAULT = 75  # EX_TEMPFAIL: "replace me"; compose's restart policy starts a new one
 MAX_JSON_DEPTH = 32
 DEADLETTER_MAX = 10_000
@@ -65,6 +67,7 @@ __all__ = [
     "count_execution",
     "dead_letter",
     "delivery_counts",
+    "guard_transport",
     "is_connection_error",
     "is_fatal_device_error",
     "list_dead_letters",
@@ -375,11 +378,74 @@ def _start_keeper(**_: Any) -> None:
     ).start()
 
 
+# ----------------------------------------------------------------- transport guards
+def guard_transport(retry_s: float = APPEND_RETRY_S) -> bool:
+    """Close two gaps of kombu's Redis transport when Redis restarts under a worker.
+
+    1. A message taken with BRPOP is recorded as unacknowledged by a second command; if that
+       fails, kombu drops the message. Retry the record (atomic, idempotent) until Redis is
+       back, for up to ``retry_s``.
+    2. On connection loss kombu restores the worker's unacknowledged messages through the
+       lost connection, and jobs that finish after the reconnection are acknowledged on their
+       old channel; both can fail with an AttributeError that Celery treats as fatal: the
+       worker stops (and can hang while stopping). The messages are still in Redis's unacked
+       hash, so leave them there; the restore sweeps bring them back (a job that finished is
+       then answered from its stored result).
+
+    Idempotent; returns True when the guards were installed by this call.
+    """
+    from kombu.transport import redis as kombu_redis
+    from kombu.transport.virtual.base import QoS as virtual_qos
+
+    qos: Any = kombu_redis.QoS
+    if getattr(qos, "_torchfleet_guarded", False):
+        return False
+    append, restore_unacked = qos.append, qos.restore_unacked
+
+    def guarded_append(self: Any, message: Any, delivery_tag: Any) -> Any:
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                return append(self, message, delivery_tag)
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning(
+                    "delivery %s not yet recorded as unacked (%s); retrying", delivery_tag, e
+                )
+                time.sleep(APPEND_RETRY_PAUSE_S)  # Redis is away: wait for it, then record
+
+    def guarded_restore_unacked(self: Any, client: Any = None) -> None:
+        try:
+            restore_unacked(self, client)
+        except Exception as e:
+            log.warning("unacked messages left for the restore sweeps (%r)", e)
+            self._delivered.clear()
+
+    def guarded(settle: Any) -> Any:
+        def settle_or_leave(self: Any, delivery_tag: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return settle(self, delivery_tag, *args, **kwargs)
+            except AttributeError as e:  # the channel's connection is gone (reconnected since)
+                log.warning("delivery %s left for the restore sweeps (%r)", delivery_tag, e)
+                return virtual_qos.ack(self, delivery_tag)  # forget it here; Redis keeps it
+
+        return settle_or_leave
+
+    qos.append = guarded_append
+    qos.restore_unacked = guarded_restore_unacked
+    qos.ack = guarded(qos.ack)
+    qos.reject = guarded(qos.reject)
+    qos._torchfleet_guarded = True
+    return True
+
+
 # ----------------------------------------------------------------- plugins
 @worker_init.connect
 def _on_worker_init(**_: Any) -> None:
     from workers.runtime import effective_settings
 
+    guard_transport()
     load_plugins(effective_settings().plugins)
 
 

@@ -16,8 +16,7 @@ deadletter_app = typer.Typer(help="Jobs parked after max_deliveries: list them, 
 def as_rows(entries: list[DeadLetter], now: float) -> list[tuple[str, str, str, str, str]]:
     """Table rows: id, task, deliveries, age, reason."""
     return [
-        (e.job_id, e.task, str(e.deliveries), f"{now - e.time:.0f}s ago", e.reason)
-        for e in entries
+        (e.job_id, e.task, str(e.deliveries), f"{now - e.time:.0f}s ago", e.reason) for e in entries
     ]
 
 

@@ -205,3 +205,64 @@ def test_orphans_are_jobs_with_no_result_no_queued_and_no_unacked_message(
     ids = ["queued", "queued-low", "running", "done", "dropped"]
     assert orphaned(redis_client, ids, ["infer", "train"]) == ["dropped"]
     assert orphaned(redis_client, ["done"], ["infer"]) == []
+
+
+def transport_qos(pipes: list[Any]) -> Any:
+    """A kombu Redis QoS with its Redis replaced by the given pipelines (or errors)."""
+    from contextlib import contextmanager
+
+    from kombu.transport.redis import QoS
+
+    from workers.reliability import guard_transport
+
+    guard_transport(retry_s=5)
+    qos: Any = object.__new__(QoS)
+    delivered: dict[str, Any] = {}
+    dirty: set[str] = set()
+    qos.__dict__.update(
+        _delivered=delivered,
+        _dirty=dirty,
+        _quick_append=delivered.__setitem__,
+        _quick_ack=dirty.add,
+        unacked_key="unacked",
+        unacked_index_key="unacked_index",
+    )
+
+    @contextmanager
+    def pipe_or_acquire(pipe: Any = None, client: Any = None) -> Any:
+        step = pipes.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        yield step
+
+    qos.pipe_or_acquire = pipe_or_acquire
+    return qos
+
+
+def test_a_delivery_is_recorded_once_redis_is_back_instead_of_being_dropped(
+    redis_client: redis.Redis,
+) -> None:
+    pipes = [redis.ConnectionError("down"), redis.ConnectionError("down"), redis_client.pipeline()]
+    qos = transport_qos(pipes)
+    message = SimpleNamespace(delivery_info={"exchange": "infer", "routing_key": "infer"}, _raw={})
+    qos.append(message, "tag-9")
+    assert redis_client.hexists("unacked", "tag-9") and qos._delivered["tag-9"] is message
+
+
+def test_a_failed_restore_on_connection_loss_leaves_the_messages_to_the_sweeps() -> None:
+    qos = transport_qos([])
+    qos._delivered["tag-1"] = object()
+
+    def gone(client: Any = None) -> Any:
+        raise AttributeError("'NoneType' object has no attribute 'hostname'")
+
+    qos.channel = SimpleNamespace(conn_or_acquire=gone)
+    qos.restore_unacked()  # kombu raised here and Celery stopped the worker
+    assert qos._delivered == {}
+
+
+def test_an_ack_on_a_channel_that_lost_its_connection_leaves_the_message_to_the_sweeps() -> None:
+    qos = transport_qos([AttributeError("'NoneType' object has no attribute 'client'")])
+    qos._delivered["tag-2"] = object()
+    qos.ack("tag-2")  # kombu raised here and Celery stopped the worker
+    assert "tag-2" in qos._dirty  # settled here; Redis still holds it for the sweeps
