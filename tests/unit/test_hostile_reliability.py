@@ -198,13 +198,14 @@ def test_orphans_are_jobs_with_no_result_no_queued_and_no_unacked_message(
     def message(job_id: str) -> str:
         return json.dumps({"body": "", "headers": {"id": job_id, "task": "torchfleet.infer"}})
 
-    redis_client.rpush("infer", message("queued"))
-    redis_client.rpush("infer\x06\x169", message("queued-low"))
+    queue = "orphan-test"  # a queue no live worker of the session consumes
+    redis_client.rpush(queue, message("queued"))
+    redis_client.rpush(f"{queue}\x06\x169", message("queued-low"))
     redis_client.hset("unacked", "tag-1", json.dumps([json.loads(message("running")), "", "infer"]))
     redis_client.set("celery-task-meta-done", json.dumps({"status": "SUCCESS"}))
     ids = ["queued", "queued-low", "running", "done", "dropped"]
-    assert orphaned(redis_client, ids, ["infer", "train"]) == ["dropped"]
-    assert orphaned(redis_client, ["done"], ["infer"]) == []
+    assert orphaned(redis_client, ids, [queue, "orphan-test-2"]) == ["dropped"]
+    assert orphaned(redis_client, ["done"], [queue]) == []
 
 
 def transport_qos(pipes: list[Any]) -> Any:
