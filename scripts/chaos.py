@@ -242,8 +242,8 @@ class QueueCheck:
             return 0.0
         drain(self.client, done, DRAIN_S)
         started = time.monotonic()
-        meta = self.client.app.backend.get_task_meta(done[0])
-        self.client.app.send_task("torchfleet.infer", args=meta.get("args") or [], task_id=done[0])
+        mode, seed = self.inputs[done[0]]
+        self.client.submit_infer(self.model, chaos_input(mode, seed=seed), job_id=done[0])
         return self.settled(started)
 
     def run(self) -> list[dict[str, Any]]:

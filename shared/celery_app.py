@@ -63,7 +63,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
         task_track_started=True,
-        result_extended=True,
+        # The result holds what the job returned, not a copy of its (possibly large) inputs.
+        result_extended=False,
         result_expires=settings.result_ttl_s,
         task_queues=[Queue(name, Exchange(name), routing_key=name) for name in queue_names],
         task_default_queue=ALL_QUEUES[-1],
@@ -79,8 +80,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         result_backend_max_sleep_between_retries_ms=2000,
         broker_connection_max_retries=None,
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Events cost Redis round trips on every job; Flower switches them on when it runs.
+        worker_send_task_events=False,
+        task_send_sent_event=False,
         worker_hijack_root_logger=False,
     )
     tls = ssl_options(settings)

@@ -78,6 +78,18 @@ class JobExpired(InputError):
     code = "expired"
 
 
+class DeadLettered(InputError):
+    """The job was delivered too often without finishing; it now waits in the dead letters."""
+
+    code = "dead_lettered"
+
+
+class DeviceFault(TorchfleetError):
+    """An unrecoverable accelerator error: the job fails and the worker process is replaced."""
+
+    code = "device_fault"
+
+
 class TransientError(TorchfleetError):
     """A passing fault; the job is retried with backoff."""
 
@@ -126,6 +138,8 @@ ERRORS_BY_CODE: dict[str, type[TorchfleetError]] = {
         CompressionError,
         GateFailed,
         JobExpired,
+        DeadLettered,
+        DeviceFault,
         TransientError,
         BrokerUnavailable,
         ResourceExhausted,

@@ -32,7 +32,7 @@ import redis
 from celery.signals import worker_init, worker_ready, worker_shutdown
 from pydantic import BaseModel, Field
 
-from shared.errors import InputError, InvalidJob, TorchfleetError
+from shared.errors import DeadLettered, DeviceFault, InvalidJob, TorchfleetError
 from shared.names import KEY_DEADLETTER, KEY_DELIVERIES, TASK_QUEUES
 
 log = logging.getLogger("torchfleet.worker")
@@ -75,18 +75,6 @@ __all__ = [
     "orphaned",
     "requeue",
 ]
-
-
-class DeadLettered(InputError):
-    """The job was delivered too often without finishing; it now waits in the dead letters."""
-
-    code = "dead_lettered"
-
-
-class DeviceFault(TorchfleetError):
-    """An unrecoverable accelerator error: the job fails and the worker process is replaced."""
-
-    code = "device_fault"
 
 
 class DeadLetter(BaseModel):

@@ -171,7 +171,7 @@ def _compress(job: CompressJob, rt: Runtime, task: Task) -> dict[str, Any]:
     return execute(job, context(task, rt)).model_dump(mode="json")
 
 
-@app.task(name=TASK_INFER, bind=True, throws=(InputError,))
+@app.task(name=TASK_INFER, bind=True, throws=(InputError,), track_started=False)
 def infer(self: Task, payload: Any) -> dict[str, Any]:
     return run_job(self, payload, "infer", _infer)
 
