@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(
         default=16 * 1024 * 1024, gt=0, description="Largest accepted inference input."
     )
-    max_inputs_per_job: int = Field(default=1024, gt=0)
+    max_inputs_per_job: int = Field(default=1024, gt=0, description="Most inputs one job may hold.")
     batching: bool = Field(default=True, description="Merge concurrent inference jobs.")
     max_batch: int = Field(default=64, gt=0, description="Largest micro-batch of inputs.")
     max_wait_ms: float = Field(

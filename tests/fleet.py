@@ -11,7 +11,15 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from producers.client import Client
+from shared.connection import redis_client
+from shared.manifest import Manifest
+from shared.registry import ModelRegistry, VariantRecord
+from shared.settings import Settings
+from workers.artifacts import ArtifactStore
+from workers.zoo import create_model
 
 READY_TIMEOUT_S = 120
 
@@ -80,3 +88,29 @@ class WorkerProcess:
 
     def log(self) -> str:
         return (self.log_dir / f"{self.name.split('@')[0]}.log").read_text(errors="replace")
+
+
+@dataclass
+class Registered:
+    name: str
+    version: int
+    module: torch.nn.Module
+
+
+def register_cnn(settings: Settings, seed: int = 0, name: str | None = None) -> Registered:
+    """A seeded, untrained cifar_cnn stored and registered exactly as training would."""
+    torch.manual_seed(seed)
+    module = create_model("cifar_cnn").eval()
+    manifest = Manifest(
+        arch="cifar_cnn",
+        input_shape=[3, 32, 32],
+        num_classes=10,
+        class_names=[f"c{i}" for i in range(10)],
+    )
+    stored = ArtifactStore(settings.artifacts).put_model(module.state_dict(), manifest)
+    registry = ModelRegistry(redis_client(settings))
+    name = name or f"cnn-{uuid.uuid4().hex[:8]}"
+    version = registry.new_version(name)
+    record = VariantRecord(digest=stored.sha256, arch="cifar_cnn")
+    registry.register(name, version, "base", record)
+    return Registered(name, version, module)

@@ -170,28 +170,9 @@ def register_chaos(settings: Settings, name: str | None = None, **arch_kwargs: i
 
 def register_cnn(settings: Settings, name: str | None = None) -> str:
     """Register an untrained cifar_cnn (3x32x32 inputs, 10 classes): the soak's model."""
-    import torch
+    from tests.fleet import register_cnn as register
 
-    from shared.connection import redis_client
-    from shared.manifest import Manifest
-    from shared.registry import ModelRegistry, VariantRecord
-    from workers.artifacts import ArtifactStore
-    from workers.zoo import create_model
-
-    torch.manual_seed(0)
-    module = create_model("cifar_cnn")
-    manifest = Manifest(
-        arch="cifar_cnn",
-        input_shape=[3, 32, 32],
-        num_classes=10,
-        class_names=[f"c{i}" for i in range(10)],
-    )
-    stored = ArtifactStore(settings.artifacts).put_model(module.state_dict(), manifest)
-    registry = ModelRegistry(redis_client(settings))
-    name = name or f"soak-{uuid.uuid4().hex[:8]}"
-    version = registry.new_version(name)
-    registry.register(name, version, "base", VariantRecord(digest=stored.sha256, arch="cifar_cnn"))
-    return name
+    return register(settings, name=name or f"soak-{uuid.uuid4().hex[:8]}").name
 
 
 def chaos_input(mode: float = 0.0, n: int = 1, seed: int = 0) -> np.ndarray:

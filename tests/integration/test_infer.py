@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -13,40 +12,11 @@ from producers.client import Client
 from producers.encoding import encode_array
 from shared.connection import redis_client
 from shared.jobs import TensorPayload
-from shared.manifest import Manifest
-from shared.registry import ModelRegistry, VariantRecord
+from shared.registry import ModelRegistry
 from shared.settings import Settings
-from tests.fleet import WorkerProcess
-from workers.artifacts import ArtifactStore
-from workers.zoo import create_model
+from tests.fleet import Registered, WorkerProcess, register_cnn
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Registered:
-    name: str
-    version: int
-    module: torch.nn.Module
-
-
-def register_cnn(settings: Settings, seed: int = 0, name: str | None = None) -> Registered:
-    """A seeded, untrained cifar_cnn stored and registered exactly as training would."""
-    torch.manual_seed(seed)
-    module = create_model("cifar_cnn").eval()
-    manifest = Manifest(
-        arch="cifar_cnn",
-        input_shape=[3, 32, 32],
-        num_classes=10,
-        class_names=[f"c{i}" for i in range(10)],
-    )
-    stored = ArtifactStore(settings.artifacts).put_model(module.state_dict(), manifest)
-    registry = ModelRegistry(redis_client(settings))
-    name = name or f"cnn-{uuid.uuid4().hex[:8]}"
-    version = registry.new_version(name)
-    record = VariantRecord(digest=stored.sha256, arch="cifar_cnn")
-    registry.register(name, version, "base", record)
-    return Registered(name, version, module)
 
 
 @pytest.fixture
