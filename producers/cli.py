@@ -334,6 +334,9 @@ def _wait_with_progress(client: Client, job_id: str, timeout: float | None) -> J
         task = bar.add_task(f"{job_id[:8]} queued", total=1.0)
 
         def update(state: JobState) -> None:
+            if state.status != "PROGRESS":  # STARTED's meta is the worker's pid and host
+                bar.update(task, description=f"{job_id[:8]} {state.status.lower()}")
+                return
             done = _fraction(state.progress)
             bar.update(task, completed=done, description=render_progress_text(state.progress))
 

@@ -91,6 +91,22 @@ def render_compress(console: Console, result: dict[str, Any]) -> None:
 
 
 def render_progress_text(progress: dict[str, Any]) -> str:
-    """One line for a progress dict, whatever the job kind put in it."""
-    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in progress.items()]
+    """One line for a progress dict: epochs and steps first, then loss, accuracy and ETA."""
+    parts = []
+    if {"epoch", "epochs"} <= progress.keys():
+        parts.append(f"epoch {progress['epoch']}/{progress['epochs']}")
+    elif "stage" in progress:
+        parts.append(str(progress["stage"]))
+    if {"step", "steps"} <= progress.keys():
+        parts.append(f"step {progress['step']}/{progress['steps']}")
+    shown = {"stage", "epoch", "epochs", "step", "steps"}
+    for key, value in progress.items():
+        if key in shown:
+            continue
+        if key == "eta_s" and isinstance(value, int | float):
+            parts.append(f"ETA {value:.0f}s")
+        elif key.endswith("accuracy") and isinstance(value, float):
+            parts.append(f"{key} {value:.1%}")
+        else:
+            parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
     return " ".join(parts)

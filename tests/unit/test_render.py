@@ -65,3 +65,15 @@ def test_infer_view_names_the_model_and_latency() -> None:
     )  # fmt: skip
     text = rendered(result.model_dump(mode="json"))
     assert "m:1:base" in text and "three: 0.900" in text and "compute_ms 1.50" in text
+
+
+def test_progress_line_reads_like_a_sentence() -> None:
+    from producers.render import render_progress_text
+
+    progress = {"stage": "train", "epoch": 4, "epochs": 10, "step": 12, "steps": 23,
+                "loss": 0.24311, "accuracy": 0.9375, "eta_s": 9.1}  # fmt: skip
+    text = render_progress_text(progress)
+    assert text == "epoch 4/10 step 12/23 loss 0.2431 accuracy 93.8% ETA 9s"
+    assert render_progress_text(
+        {"stage": "compress", "step": 1, "steps": 3, "method": "prune_l1"}
+    ) == ("compress step 1/3 method prune_l1")
