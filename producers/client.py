@@ -32,6 +32,7 @@ from shared.jobs import (
     JobGroup,
     PipelineJob,
     TrainJob,
+    describe_errors,
     parse_job,
 )
 from shared.names import (
@@ -418,10 +419,7 @@ def _validate_group(jobs: Sequence[InferJob | dict[str, Any]]) -> JobGroup:
     try:
         return JobGroup.model_validate({"jobs": [_as_dict(j) for j in jobs]})
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-        )
-        raise InvalidJob(f"invalid group: {problems}") from None
+        raise InvalidJob(f"invalid group: {describe_errors(e)}") from None
 
 
 def _as_dict(job: InferJob | dict[str, Any]) -> dict[str, Any]:
@@ -432,10 +430,7 @@ def _validate(spec: dict[str, Any]) -> AnyJob:
     try:
         return parse_job(spec)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-        )
-        raise InvalidJob(f"invalid job: {problems}") from None
+        raise InvalidJob(f"invalid job: {describe_errors(e)}") from None
 
 
 def _state_from_meta(job_id: str, meta: dict[str, Any]) -> JobState:

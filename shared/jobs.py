@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     TypeAdapter,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -476,6 +477,13 @@ def parse_job(payload: str | bytes | dict[str, Any]) -> AnyJob:
     if isinstance(payload, dict):
         return JOB_ADAPTER.validate_python(payload)
     return JOB_ADAPTER.validate_json(payload)
+
+
+def describe_errors(error: ValidationError) -> str:
+    """Every problem pydantic found, as ``field.path: message`` joined by ``; ``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in error.errors()
+    )
 
 
 def job_schema() -> dict[str, Any]:

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from shared.celery_app import create_app
 from shared.errors import InputError, InvalidJob, TorchfleetError, TransientError
-from shared.jobs import AnyJob, CompressJob, InferJob, TrainJob, parse_job
+from shared.jobs import AnyJob, CompressJob, InferJob, TrainJob, describe_errors, parse_job
 from shared.names import TASK_COMPRESS, TASK_INFER, TASK_NOOP, TASK_TRAIN
 from workers.context import JobContext
 from workers.control import (
@@ -61,10 +61,7 @@ def validate(payload: Any, kind: str) -> AnyJob:
     try:
         job = parse_job(payload)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-        )
-        raise InvalidJob(f"invalid {kind} job: {problems}") from None
+        raise InvalidJob(f"invalid {kind} job: {describe_errors(e)}") from None
     if job.kind != kind:
         raise InvalidJob(f"a {job.kind!r} job was sent to the {kind!r} task")
     return job

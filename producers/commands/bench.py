@@ -18,7 +18,6 @@ The floor imports torch, so run bench where the ``worker`` extra is installed.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import shutil
@@ -37,6 +36,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from shared.percentiles import nearest_rank as percentile
 
 ARMS = ("floor", "celery_noop", "naive", "fleet_batched", "fleet_unbatched", "fleet_cold")
 MODELS = ("mlp", "cifar_cnn", "resnet18")
@@ -101,15 +102,6 @@ class Row:
 
 
 # ------------------------------------------------------------------ pure helpers
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
-    return ordered[rank]
-
-
 def summarise(
     arm: str,
     model: str,

@@ -7,7 +7,6 @@ alike; p50/p95 are over ``iters`` timed calls after ``warmup`` untimed ones.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from shared.manifest import Manifest
+from shared.percentiles import nearest_rank as percentile
 from workers.artifacts import Tensors, to_safetensors
 from workers.compression.steps import ModelState, Runner, Sample, is_quantized, loader
 from workers.modelio import export_tensors
@@ -36,13 +36,6 @@ class Percentiles:
     p50_ms: float
     p95_ms: float
     min_ms: float
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile of ``values`` (``q`` in [0, 100])."""
-    ordered = sorted(values)
-    rank = min(len(ordered), max(1, math.ceil(q / 100 * len(ordered))))
-    return ordered[rank - 1]
 
 
 def count_weights(module: nn.Module) -> int:
