@@ -12,6 +12,7 @@ The set ``torchfleet:models`` lists the names.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -110,16 +111,24 @@ class ModelRegistry:
         A bare name means its ``production`` alias if set, else the latest version.
         """
         parsed = ModelRef.parse(ref) if isinstance(ref, str) else ref
-        fields = self._fields(parsed.name)
+        return self.resolve_fields(parsed, self.client.hgetall(model_key(parsed.name)))
+
+    def resolve_fields(self, parsed: ModelRef, raw: Mapping[Any, Any]) -> Resolved:
+        """:meth:`resolve` over the model's registry hash, read already (``HGETALL``)."""
+        fields = _decoded(parsed.name, raw)
         version, variant = self._pick(parsed, fields)
-        raw = fields.get(f"variant:{version}:{variant}")
-        if raw is None:
+        record = fields.get(f"variant:{version}:{variant}")
+        if record is None:
             raise ModelNotFound(
                 f"model {parsed} has no variant {variant!r} at version {version}; "
                 f"`torchfleet models show {parsed.name}` lists its variants"
             )
-        record = VariantRecord.model_validate_json(raw)
-        return Resolved(name=parsed.name, version=version, variant=variant, record=record)
+        return Resolved(
+            name=parsed.name,
+            version=version,
+            variant=variant,
+            record=VariantRecord.model_validate_json(record),
+        )
 
     def _pick(self, ref: ModelRef, fields: dict[str, str]) -> tuple[int, str]:
         if ref.alias is not None or ref.version is None:
@@ -141,12 +150,7 @@ class ModelRegistry:
         return max(versions)
 
     def _fields(self, name: str) -> dict[str, str]:
-        raw = self.client.hgetall(model_key(name))
-        if not raw:
-            raise ModelNotFound(
-                f"model {name!r} is not registered; `torchfleet models list` shows what is"
-            )
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return _decoded(name, self.client.hgetall(model_key(name)))
 
     def names(self) -> list[str]:
         return sorted(_text(n) for n in self.client.smembers(KEY_MODELS))
@@ -167,6 +171,15 @@ class ModelRegistry:
                     raw
                 ).model_dump(mode="json")
         return {"name": name, "versions": variants, "aliases": aliases}
+
+
+def _decoded(name: str, raw: Mapping[Any, Any]) -> dict[str, str]:
+    """A model's registry hash as text, or :class:`ModelNotFound` if there is none."""
+    if not raw:
+        raise ModelNotFound(
+            f"model {name!r} is not registered; `torchfleet models list` shows what is"
+        )
+    return {_text(k): _text(v) for k, v in raw.items()}
 
 
 def _text(value: bytes | str) -> str:

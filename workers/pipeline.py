@@ -49,7 +49,7 @@ from shared.names import (
 from workers.context import JobContext
 from workers.control import JobCancelled, cancellable, is_cancelled
 from workers.runtime import Runtime, get_runtime
-from workers.tasks import MAX_RETRIES, _record, app, backoff_s, run_job
+from workers.tasks import MAX_RETRIES, Arrival, _record, app, backoff_s, run_job
 
 log = logging.getLogger("torchfleet.worker")
 
@@ -81,7 +81,7 @@ def stage_chain(job: PipelineJob, job_id: str, report: PipelineResult) -> Any:
     return chain(*signatures)
 
 
-def start(job: PipelineJob, rt: Runtime, task: Task) -> dict[str, Any]:
+def start(job: PipelineJob, rt: Runtime, task: Task, _: Arrival) -> dict[str, Any]:
     """Check what can be checked before any work, then hand over to the chain."""
     report = PipelineResult(job_id=task.request.id, model=job.model_name, alias=job.promote)
     if job.source is not None:

@@ -25,12 +25,14 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 from celery.signals import worker_init, worker_ready, worker_shutdown
 from pydantic import BaseModel, Field
+from redis.client import Pipeline
 
 from shared.errors import DeadLettered, DeviceFault, InvalidJob, TorchfleetError
 from shared.names import KEY_DEADLETTER, KEY_DELIVERIES, TASK_QUEUES
@@ -58,13 +60,13 @@ FATAL_DEVICE_MARKERS = (
 
 __all__ = [
     "EXIT_DEVICE_FAULT",
+    "Admission",
     "DeadLetter",
     "DeadLettered",
     "DeviceFault",
     "admit",
     "check_payload",
     "count_delivery",
-    "count_execution",
     "dead_letter",
     "delivery_counts",
     "guard_transport",
@@ -105,11 +107,6 @@ def _incr(client: redis.Redis, job_id: str, name: str, ttl_s: int) -> int:
 def count_delivery(client: redis.Redis, job_id: str, ttl_s: int) -> int:
     """Count one more delivery of ``job_id``; returns how many there have been."""
     return _incr(client, job_id, "delivered", ttl_s)
-
-
-def count_execution(client: redis.Redis, job_id: str, ttl_s: int) -> int:
-    """Count one more delivery that computes (not answered from a stored result)."""
-    return _incr(client, job_id, "executed", ttl_s)
 
 
 def delivery_counts(client: redis.Redis, job_id: str) -> dict[str, int]:
@@ -171,16 +168,61 @@ def requeue(client: redis.Redis, app: Any, job_ids: Iterable[str] | None = None)
     return sent
 
 
-def admit(client: redis.Redis, settings: Any, request: Any, worker: str, payload: Any) -> None:
-    """Gate one delivery before it runs: count it, dead-letter it if it came too often,
-    refuse an oversized payload, and count it as executed.
+@dataclass(frozen=True)
+class Admission:
+    """What the one round trip of :func:`admit` learned about a delivery."""
+
+    stored: dict[str, Any] | None = None  # an earlier delivery's result: answer with it
+    replies: list[Any] = field(default_factory=list)  # the replies to ``reads``, in order
+
+
+Read = Callable[[Pipeline], object]
+
+
+def admit(
+    client: redis.Redis,
+    settings: Any,
+    request: Any,
+    worker: str,
+    payload: Any,
+    *,
+    result_key: str | bytes | None = None,
+    reads: Sequence[Read] = (),
+) -> Admission:
+    """Gate one delivery before it runs, in one round trip to Redis: count it, dead-letter
+    it if it came too often, refuse an oversized payload, count it as executed.
 
     ``request`` is the Celery task request (id, task name, args, retries). Retries that the
-    task asked for itself (transient errors) are not held against the job.
+    task asked for itself (transient errors) are not held against the job. With
+    ``result_key``, a job whose result an earlier delivery stored is not run again (its
+    counts are left as they were). ``reads`` queue more commands on the same transaction
+    (the cancel flag, the model's registry record...): one round trip instead of several.
     """
-    delivered = count_delivery(client, request.id, settings.result_ttl_s)
-    unexplained = delivered - (request.retries or 0)
+    key = deliveries_key(request.id)
+    ttl = settings.result_ttl_s
+    try:
+        check_payload(payload, settings.max_payload_bytes)
+    except InvalidJob:
+        count_delivery(client, request.id, ttl)
+        raise
+    with client.pipeline(transaction=True) as pipe:
+        pipe.get(result_key or "")  # the empty key never exists
+        pipe.hincrby(key, "delivered", 1)
+        pipe.hincrby(key, "executed", 1)  # the common case; undone below where it did not run
+        pipe.expire(key, ttl)
+        for read in reads:
+            read(pipe)
+        replies = pipe.execute()
+    stored = _succeeded(replies[0])
+    if stored is not None:  # a redelivery of a finished job: neither delivered nor executed
+        with client.pipeline(transaction=True) as pipe:
+            pipe.hincrby(key, "delivered", -1)
+            pipe.hincrby(key, "executed", -1)
+            pipe.execute()
+        return Admission(stored=stored)
+    unexplained = int(replies[1]) - (request.retries or 0)
     if unexplained > settings.max_deliveries:
+        client.hincrby(key, "executed", -1)
         entry = entry_for(
             request.id, request.task, request.args, unexplained, settings.max_deliveries, worker
         )
@@ -189,8 +231,19 @@ def admit(client: redis.Redis, settings: Any, request: Any, worker: str, payload
             f"job {request.id} {entry.reason}; it is in the dead-letter list: inspect it with "
             "`torchfleet deadletter list`, requeue it with `torchfleet deadletter requeue`"
         )
-    check_payload(payload, settings.max_payload_bytes)
-    count_execution(client, request.id, settings.result_ttl_s)
+    return Admission(replies=replies[4:])
+
+
+def _succeeded(raw: bytes | str | None) -> dict[str, Any] | None:
+    """The result in a result-backend record, if the record says SUCCESS."""
+    if not raw:
+        return None
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return None
+    result = meta.get("result") if isinstance(meta, dict) else None
+    return dict(result) if meta.get("status") == "SUCCESS" and isinstance(result, dict) else None
 
 
 # ----------------------------------------------------------------- orphans

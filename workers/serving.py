@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from shared.errors import JobExpired, TorchfleetError
-from shared.jobs import InferJob, InferResult, Latency
+from shared.jobs import InferJob, InferResult, Latency, ModelRef
 from workers import metrics
 from workers.devices import describe
 from workers.inference import accuracy, decode_inputs, top_k
@@ -53,10 +55,14 @@ def batch_parallel(choice: int | None, device: torch.device) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, torch.get_num_threads()))
 
 
-def serve(job: InferJob, rt: Runtime, job_id: str) -> InferResult:
-    """Resolve the model, decode the inputs, run them (micro-batched), and build the result."""
+def serve(
+    job: InferJob, rt: Runtime, job_id: str, registry_fields: Mapping[Any, Any] | None = None
+) -> InferResult:
+    """Resolve the model, decode the inputs, run them (micro-batched), and build the result.
+
+    ``registry_fields``: the model's registry hash, if the caller read it already."""
     try:
-        result = _serve(job, rt, job_id)
+        result = _serve(job, rt, job_id, registry_fields)
     except TorchfleetError as e:
         fleet = metrics.current()
         if fleet is not None:
@@ -68,13 +74,19 @@ def serve(job: InferJob, rt: Runtime, job_id: str) -> InferResult:
     return result
 
 
-def _serve(job: InferJob, rt: Runtime, job_id: str) -> InferResult:
+def _serve(
+    job: InferJob, rt: Runtime, job_id: str, registry_fields: Mapping[Any, Any] | None
+) -> InferResult:
     received = time.time()
     start = time.perf_counter()
     if job.deadline is not None and received > job.deadline:
         raise JobExpired(f"job {job_id} reached the worker after its deadline; not computed")
     with rt.batcher.slot() as slot:
-        resolved = rt.registry.resolve(job.model)
+        ref = ModelRef.parse(job.model)
+        if registry_fields is None:
+            resolved = rt.registry.resolve(ref)
+        else:
+            resolved = rt.registry.resolve_fields(ref, registry_fields)
         model, cache_hit, load_ms = rt.cache.get(resolved.record.digest, job.backend)
         decode_start = time.perf_counter()
         batch = decode_inputs(job.inputs, model.manifest, rt.settings.max_inputs_per_job)

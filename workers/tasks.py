@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Task
@@ -19,19 +20,28 @@ from redis.exceptions import RedisError
 
 from shared.celery_app import create_app
 from shared.errors import InputError, InvalidJob, TorchfleetError, TransientError
-from shared.jobs import AnyJob, CompressJob, InferJob, TrainJob, describe_errors, parse_job
-from shared.names import TASK_COMPRESS, TASK_INFER, TASK_NOOP, TASK_TRAIN
-from workers.context import JobContext
-from workers.control import (
-    JobCancelled,
-    cancellable,
-    check_deadline,
-    end_cancelled,
-    is_cancelled,
-    poke_heartbeat,
+from shared.jobs import (
+    AnyJob,
+    CompressJob,
+    InferJob,
+    ModelRef,
+    TrainJob,
+    describe_errors,
+    parse_job,
 )
+from shared.names import (
+    TASK_COMPRESS,
+    TASK_INFER,
+    TASK_NOOP,
+    TASK_TRAIN,
+    cancel_key,
+    model_key,
+)
+from workers.context import JobContext
+from workers.control import JobCancelled, cancellable, check_deadline, end_cancelled, poke_heartbeat
 from workers.reliability import (
     DeviceFault,
+    Read,
     admit,
     is_connection_error,
     is_fatal_device_error,
@@ -67,14 +77,6 @@ def validate(payload: Any, kind: str) -> AnyJob:
     return job
 
 
-def stored_result(task: Task) -> dict[str, Any] | None:
-    """The result of an earlier delivery of this very job, if one finished."""
-    meta = task.backend.get_task_meta(task.request.id)
-    if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
-        return dict(meta["result"])
-    return None
-
-
 def context(task: Task, rt: Runtime) -> JobContext:
     def progress(meta: dict[str, Any]) -> None:
         task.update_state(state="PROGRESS", meta=meta)
@@ -90,48 +92,77 @@ def context(task: Task, rt: Runtime) -> JobContext:
     )
 
 
-def run_job(
-    task: Task, payload: Any, kind: str, execute: Callable[[Any, Runtime, Task], dict[str, Any]]
-) -> dict[str, Any]:
-    previous = stored_result(task)
-    if previous is not None:
-        return previous
+@dataclass(frozen=True)
+class Arrival:
+    """What the job's admission read from Redis along the way (one round trip in all)."""
+
+    cancelled: bool = False
+    model_fields: dict[Any, Any] | None = None  # the registry hash of the model an infer job names
+
+
+Execute = Callable[[Any, Runtime, Task, Arrival], dict[str, Any]]
+
+
+def run_job(task: Task, payload: Any, kind: str, execute: Execute) -> dict[str, Any]:
     rt = get_runtime()
+    job_id = task.request.id
     started = time.perf_counter()
     try:
-        admit(rt.client, rt.settings, task.request, rt.worker, payload)
+        model = _model_name(payload) if kind == "infer" else None
+        reads: list[Read] = [lambda pipe: pipe.exists(cancel_key(job_id))]
+        if model is not None:
+            reads.append(lambda pipe: pipe.hgetall(model_key(model)))
+        admission = admit(
+            rt.client, rt.settings, task.request, rt.worker, payload,
+            result_key=task.backend.get_key_for_task(job_id), reads=reads,
+        )  # fmt: skip
+        if admission.stored is not None:  # a redelivery of a finished job: its stored answer
+            return admission.stored
+        arrival = Arrival(
+            cancelled=bool(admission.replies[0]),
+            model_fields=admission.replies[1] if model is not None else None,
+        )
         job = validate(payload, kind)
-        check_deadline(job, task.request.id)
-        if is_cancelled(rt.client, task.request.id):
-            raise JobCancelled(f"job {task.request.id} was cancelled before it started")
-        result = execute(job, rt, task)
+        check_deadline(job, job_id)
+        if arrival.cancelled:
+            raise JobCancelled(f"job {job_id} was cancelled before it started")
+        result = execute(job, rt, task, arrival)
     except JobCancelled:
-        _record(rt, kind, task.request.id, "cancelled", started)
+        _record(rt, kind, job_id, "cancelled", started)
         if kind == "train":  # nothing will resume it: free the checkpoint
-            rt.store.drop_checkpoint(task.request.id)
+            rt.store.drop_checkpoint(job_id)
         end_cancelled(task)
     except TransientError as e:
-        _record(rt, kind, task.request.id, "retry", started, error=e.code)
+        _record(rt, kind, job_id, "retry", started, error=e.code)
         raise task.retry(
             exc=e, countdown=backoff_s(task.request.retries), max_retries=MAX_RETRIES
         ) from e
     except InputError as e:
-        _record(rt, kind, task.request.id, e.code, started, error=str(e)[:200])
+        _record(rt, kind, job_id, e.code, started, error=str(e)[:200])
         raise
     except TorchfleetError as e:
-        _record(rt, kind, task.request.id, "error", started, error=str(e)[:200])
+        _record(rt, kind, job_id, "error", started, error=str(e)[:200])
         raise
     except Exception as e:
         if is_connection_error(e):  # Redis went away mid-job: not the job's fault, run it again
             raise Reject(e, requeue=True) from e
         if not is_fatal_device_error(e):
             raise
-        _record(rt, kind, task.request.id, "device_fault", started, error=str(e)[:200])
+        _record(rt, kind, job_id, "device_fault", started, error=str(e)[:200])
         request_replacement()  # warm shutdown; the supervisor starts a fresh process
         raise DeviceFault(f"unrecoverable device error, worker {rt.worker} is replaced: {e}") from e
     extra = infer_fields(result) if kind == "infer" else {"model": result.get("model")}
-    _record(rt, kind, task.request.id, "success", started, **extra)
+    _record(rt, kind, job_id, "success", started, **extra)
     return result
+
+
+def _model_name(payload: Any) -> str | None:
+    """The model an infer payload names, if it names one well enough to read its record."""
+    ref = payload.get("model") if isinstance(payload, dict) else None
+    try:
+        return ModelRef.parse(ref).name if isinstance(ref, str) else None
+    except ValueError:
+        return None  # validation says what is wrong with it
 
 
 def _record(
@@ -150,19 +181,19 @@ def _record(
     poke_heartbeat()
 
 
-def _infer(job: InferJob, rt: Runtime, task: Task) -> dict[str, Any]:
+def _infer(job: InferJob, rt: Runtime, task: Task, arrival: Arrival) -> dict[str, Any]:
     from workers.serving import serve
 
-    return serve(job, rt, task.request.id).model_dump(mode="json")
+    return serve(job, rt, task.request.id, arrival.model_fields).model_dump(mode="json")
 
 
-def _train(job: TrainJob, rt: Runtime, task: Task) -> dict[str, Any]:
+def _train(job: TrainJob, rt: Runtime, task: Task, _: Arrival) -> dict[str, Any]:
     from workers.training import execute
 
     return execute(job, context(task, rt)).model_dump(mode="json")
 
 
-def _compress(job: CompressJob, rt: Runtime, task: Task) -> dict[str, Any]:
+def _compress(job: CompressJob, rt: Runtime, task: Task, _: Arrival) -> dict[str, Any]:
     from workers.compression import execute
 
     return execute(job, context(task, rt)).model_dump(mode="json")
