@@ -8,8 +8,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -114,3 +116,28 @@ def register_cnn(settings: Settings, seed: int = 0, name: str | None = None) -> 
     record = VariantRecord(digest=stored.sha256, arch="cifar_cnn")
     registry.register(name, version, "base", record)
     return Registered(name, version, module)
+
+
+def until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
+    """Poll Redis-backed state until ``check`` returns something truthy (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    interval = 0.01
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)  # polling interval of a reader of Redis state, as Client.wait does
+        interval = min(0.2, interval * 1.5)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def recorded(client: Client, job_ids: Iterable[str], timeout: float = 30) -> list[dict[str, Any]]:
+    """The stats stream once every job in ``job_ids`` has its record there (workers write
+    records from a background thread, a moment after the answer)."""
+    wanted = set(job_ids)
+
+    def records() -> list[dict[str, Any]] | None:
+        found = client.stats_records()
+        return found if wanted <= {r.get("job_id") for r in found} else None
+
+    return until(records, f"stats records of {sorted(wanted)}", timeout)

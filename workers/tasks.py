@@ -16,7 +16,6 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from shared.celery_app import create_app
 from shared.errors import InputError, InvalidJob, TorchfleetError, TransientError
@@ -48,7 +47,7 @@ from workers.reliability import (
     request_replacement,
 )
 from workers.runtime import Runtime, get_runtime
-from workers.stats import infer_fields, record_job
+from workers.stats import infer_fields, stats_entry
 
 app = create_app()
 log = logging.getLogger("torchfleet.worker")
@@ -172,12 +171,8 @@ def _record(
     fields.setdefault("worker", rt.worker)
     fields.setdefault("device", str(rt.device))
     fields["wall_ms"] = round((time.perf_counter() - started) * 1000, 3)
-    try:  # a lost stats record must never fail (or lose) the job it describes
-        record_job(
-            rt.client, rt.settings.stats_maxlen, kind=kind, job_id=job_id, outcome=outcome, **fields
-        )
-    except RedisError as e:
-        log.warning("job %s: stats record lost (%s)", job_id, e)
+    # Written by the stats thread: a record never delays (or fails, or loses) its job.
+    rt.stats.add(stats_entry(kind=kind, job_id=job_id, outcome=outcome, **fields))
     poke_heartbeat()
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from producers.client import Client
+from tests.fleet import recorded
 from tests.integration.chaos_harness import (
     ChaosFleet,
     chaos_input,
@@ -50,7 +51,7 @@ def fleet(tmp_path: Path) -> Iterator[ChaosFleet]:
 
 def successes(client: Client, job_id: str) -> int:
     """Successful executions the workers recorded for a job (the stats stream)."""
-    records = client.stats_records()
+    records = recorded(client, [job_id])
     return sum(1 for r in records if r.get("job_id") == job_id and r.get("outcome") == "success")
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,26 +19,13 @@ import pytest
 
 from producers.client import Client, UnknownJob, read_metas
 from shared.settings import Settings
-from tests.fleet import WorkerProcess
+from tests.fleet import WorkerProcess, recorded, until
 from tests.integration.test_infer import Registered, batch, expected_labels, register_cnn
 
 pytestmark = pytest.mark.integration
 
 WAIT_S = 60
 BACKLOG_DB = 7
-
-
-def until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    """Poll Redis-backed state until ``check`` returns something truthy (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    interval = 0.01
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)  # polling interval of a reader of Redis state, as Client.wait does
-        interval = min(0.2, interval * 1.5)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -102,6 +89,7 @@ def test_stats_group_jobs_by_model_and_worker_with_percentiles(
         client.wait(client.submit_infer(cnn.name, batch(3, seed)), timeout=WAIT_S)
     bad = client.submit_infer(cnn.name, batch(2), labels=[1, 2, 3])  # 3 labels for 2 inputs
     assert client.wait_state(bad, timeout=WAIT_S).error_code == "bad_tensor"
+    recorded(client, [bad])  # records land a moment after the answers: the last one is in
 
     groups = client.stats(model=cnn.name, since_s=600)
     (group,) = groups
@@ -323,7 +311,8 @@ def test_high_priority_jobs_are_consumed_before_the_normal_backlog(backlog: Back
 def test_a_job_cancelled_while_queued_is_never_run(backlog: Backlog) -> None:
     state = backlog.client.state(backlog.cancelled)
     assert (state.status, state.error_code) == ("REVOKED", "cancelled")
-    outcomes = {r["job_id"]: r["outcome"] for r in backlog.client.stats_records()}
+    records = recorded(backlog.client, [backlog.cancelled, backlog.expired])
+    outcomes = {r["job_id"]: r["outcome"] for r in records}
     assert outcomes[backlog.cancelled] == "cancelled"
     assert outcomes[backlog.expired] == "expired"
 
