@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,7 @@ from shared.names import (
     cancel_key,
     device_queue,
     group_key,
+    input_key,
     job_key,
     queue_keys,
     transport_priority,
@@ -124,16 +125,20 @@ class Client:
         *,
         job_id: str | None = None,
         priority: int | None = None,
+        stored: Mapping[str, bytes] | None = None,
     ) -> str:
         """Validate and enqueue any job; returns its id (the Celery task id).
 
         ``priority`` (0 normal .. 9 most urgent; an inference job's own field by default) picks
         the lane; a job whose ``device`` is cpu or cuda goes to that device's queue.
+        ``stored``: bytes the job refers to by key (large tensors), written with the job's
+        record before its message is sent, and kept as long as results are.
         """
         model = job if isinstance(job, AnyJob) else _validate(job)
         if isinstance(model, PipelineJob) and model.source is not None:
             self.registry.resolve(model.source)  # a missing source model fails here, not later
         job_id = job_id or uuid.uuid4().hex
+        self._remember(job_id, kind=model.kind, stored=stored)  # before any worker can see it
         self.app.send_task(
             TASK_FOR_KIND[model.kind],
             args=[_payload(model)],
@@ -142,7 +147,6 @@ class Client:
             retry_policy={"max_retries": 10, "interval_start": 0.1, "interval_step": 0.5},
             **self._route(model, priority),
         )
-        self._remember(job_id, model.kind)
         return job_id
 
     def _route(self, model: AnyJob, priority: int | None) -> dict[str, Any]:
@@ -152,11 +156,17 @@ class Client:
             options["queue"] = device_queue(TASK_QUEUES[TASK_FOR_KIND[model.kind]], model.device)
         return options
 
-    def _remember(self, *job_ids: str, kind: str = "job") -> None:
-        """Note ids as submitted (a SET each, expiring with results): unknown vs queued."""
+    def _remember(
+        self, *job_ids: str, kind: str = "job", stored: Mapping[str, bytes] | None = None
+    ) -> None:
+        """Note ids as submitted (a SET each, expiring with results): unknown vs queued; and
+        write the bytes a job refers to, in the same round trip."""
+        ttl = self.settings.result_ttl_s
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.set(job_key(job_id), kind, ex=self.settings.result_ttl_s)
+                pipe.set(job_key(job_id), kind, ex=ttl)
+            for key, data in (stored or {}).items():
+                pipe.set(key, data, ex=ttl)
             pipe.execute()
 
     def submit_pipeline(self, *, job_id: str | None = None, **spec: Any) -> str:
@@ -248,15 +258,24 @@ class Client:
     def submit_infer(
         self, model: str, inputs: Any, *, job_id: str | None = None, **options: Any
     ) -> str:
-        """``inputs``: a TensorPayload, a list of ImagePayload, or a numpy array / nested list."""
-        from producers.encoding import encode_array
+        """``inputs``: a numpy array or nested lists of numbers, a TensorPayload, or a list of
+        ImagePayload. An array larger than ``inline_input_bytes`` travels as raw bytes stored
+        beside the message rather than as base64 inside it."""
+        from producers.encoding import tensor_bytes, tensor_payload
         from shared.jobs import ImagePayload, TensorPayload
 
+        job_id = job_id or uuid.uuid4().hex
+        stored: dict[str, bytes] = {}
         if not isinstance(inputs, TensorPayload) and not (
             isinstance(inputs, list) and inputs and isinstance(inputs[0], ImagePayload)
         ):
-            inputs = encode_array(inputs)
-        return self.submit(InferJob(model=model, inputs=inputs, **options), job_id=job_id)
+            raw, dtype, shape = tensor_bytes(inputs)
+            key = input_key(job_id) if len(raw) > self.settings.inline_input_bytes else None
+            inputs = tensor_payload(raw, dtype, shape, key=key)
+            if key is not None:
+                stored[key] = raw
+        job = InferJob(model=model, inputs=inputs, **options)
+        return self.submit(job, job_id=job_id, stored=stored)
 
     # ------------------------------------------------------------- read
     def state(self, job_id: str) -> JobState:

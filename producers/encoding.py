@@ -1,7 +1,8 @@
 """Turn arrays and image files into job inputs without torch (numpy only when given numpy).
 
-Tensors travel as base64 of their raw little-endian bytes; pybase64 (SIMD, in the worker
-extra) encodes them about 50x faster than the standard library when it is installed.
+Tensors are their raw little-endian bytes: base64 in the message when small (pybase64, SIMD,
+in the worker extra, encodes about 50x faster than the standard library), or stored beside
+the message when large (:func:`tensor_bytes` gives the bytes, the client stores them).
 """
 
 from __future__ import annotations
@@ -21,25 +22,39 @@ ARRAY_CODES = {"float32": "f", "float64": "d", "uint8": "B", "int64": "q"}
 
 
 def encode_array(values: Any, *, dtype: str | None = None) -> TensorPayload:
-    """A numpy array (or anything with ``shape``, ``dtype`` and ``tobytes``) as a payload."""
+    """A numpy array (or anything with ``shape``, ``dtype`` and ``tobytes``), or nested
+    lists of numbers, as a payload with its bytes in the message."""
+    return tensor_payload(*tensor_bytes(values, dtype=dtype))
+
+
+def tensor_payload(raw: bytes, dtype: str, shape: list[int], *, key: str | None = None) -> Any:
+    """The payload of raw tensor bytes: base64 in the message, or a reference to ``key``,
+    where the client stores them."""
+    if key is not None:
+        return TensorPayload(dtype=dtype, shape=shape, key=key)  # type: ignore[arg-type]
+    return TensorPayload(dtype=dtype, shape=shape, data=_b64(raw))  # type: ignore[arg-type]
+
+
+def encode_nested(values: list[Any], *, dtype: str = "float32") -> TensorPayload:
+    """Nested Python lists of numbers as a payload (for clients without numpy)."""
+    return encode_array(values, dtype=dtype)
+
+
+def tensor_bytes(values: Any, *, dtype: str | None = None) -> tuple[bytes, str, list[int]]:
+    """Raw little-endian C-order bytes, dtype name and shape of an array or nested lists."""
     if hasattr(values, "tobytes") and hasattr(values, "shape"):
         import numpy as np
 
         name = np.dtype(dtype or values.dtype).name
         data = np.ascontiguousarray(values, dtype=np.dtype(name).newbyteorder("<"))
-        return TensorPayload(dtype=name, shape=list(values.shape), data=_b64(data.data))  # type: ignore[arg-type]
-    return encode_nested(values, dtype=dtype or "float32")
-
-
-def encode_nested(values: list[Any], *, dtype: str = "float32") -> TensorPayload:
-    """Nested Python lists of numbers as a payload (for clients without numpy)."""
+        return data.tobytes(), name, list(values.shape)
     shape: list[int] = []
     level: Any = values
     while isinstance(level, list):
         shape.append(len(level))
         level = level[0] if level else None
-    flat = array.array(ARRAY_CODES[dtype], _flatten(values))
-    return TensorPayload(dtype=dtype, shape=shape, data=_b64(flat.tobytes()))  # type: ignore[arg-type]
+    name = dtype or "float32"
+    return array.array(ARRAY_CODES[name], _flatten(values)).tobytes(), name, shape
 
 
 def encode_images(paths: list[str | Path]) -> list[ImagePayload]:

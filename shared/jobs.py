@@ -6,8 +6,6 @@ before sending; workers validate again on receipt. Unknown fields are refused.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import re
 from typing import Annotated, Any, Literal
@@ -22,6 +20,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from shared.names import KEY_INPUT
 
 SCHEMA_VERSION: Literal[1] = 1
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -86,6 +86,8 @@ def _check_ref(ref: str) -> str:
 
 
 RefString = Annotated[str, Field(max_length=200), AfterValidator(_check_ref)]
+# Only keys under the fleet's own input prefix: a job cannot make a worker read other keys.
+InputKey = Annotated[str, Field(pattern=rf"^{re.escape(KEY_INPUT)}\S{{1,200}}$")]
 
 
 # ---------------------------------------------------------------- training
@@ -356,30 +358,36 @@ class CompressJob(Strict):
 
 # ---------------------------------------------------------------- inference
 class TensorPayload(Strict):
-    """A tensor as base64 of its raw little-endian C-order bytes, with shape and dtype."""
+    """A tensor's raw little-endian C-order bytes, with shape and dtype.
+
+    Small tensors travel in the message as base64 (``data``). Large ones wait beside it in
+    Redis as raw bytes under ``key`` (``torchfleet:input:{job id}``), written by the client
+    in the same round trip that records the job: no base64, and the message the queue
+    copies, parses and parks as unacknowledged stays a few hundred bytes.
+    """
 
     encoding: Literal["raw"] = "raw"
     dtype: Literal["float32", "float16", "float64", "uint8", "int64"] = "float32"
     shape: list[Annotated[int, Field(ge=1, le=1_000_000)]] = Field(
         min_length=1, max_length=MAX_TENSOR_DIMS
     )
-    data: str
+    data: str | None = None
+    key: InputKey | None = None
 
     @model_validator(mode="after")
     def _size_matches_shape(self) -> TensorPayload:
-        expected = math.prod(self.shape) * DTYPE_SIZES[self.dtype]
-        if len(self.data) != 4 * math.ceil(expected / 3):
+        if (self.data is None) == (self.key is None):
+            raise ValueError("a tensor needs exactly one of data (base64) or key (stored bytes)")
+        if self.data is not None and len(self.data) != 4 * math.ceil(self.nbytes / 3):
             raise ValueError(
                 f"data holds the wrong number of bytes for shape {self.shape} and "
-                f"dtype {self.dtype}: expected {expected} bytes, base64-encoded"
+                f"dtype {self.dtype}: expected {self.nbytes} bytes, base64-encoded"
             )
         return self
 
-    def raw_bytes(self) -> bytes:
-        try:
-            return base64.b64decode(self.data, validate=True)
-        except binascii.Error as e:
-            raise ValueError(f"tensor data is not valid base64: {e}") from e
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
 
 
 class ImagePayload(Strict):

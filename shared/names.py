@@ -67,6 +67,7 @@ KEY_CANCEL: Final = KEY_PREFIX + "cancel:"  # cancel:{id} -> flag checked betwee
 KEY_GROUP: Final = KEY_PREFIX + "group:"  # group:{id} -> JSON member ids
 KEY_GROUP_SUMMARY: Final = KEY_PREFIX + "group-summary:"  # group-summary:{id} -> JSON
 KEY_PIPELINE: Final = KEY_PREFIX + "pipeline:"  # pipeline:{id} -> JSON stage report
+KEY_INPUT: Final = KEY_PREFIX + "input:"  # input:{id} -> raw tensor bytes of a large infer job
 
 
 def device_queue(queue: str, device: str) -> str:
@@ -92,6 +93,11 @@ def transport_priority(priority: int) -> int:
 def queue_keys(queue: str) -> list[str]:
     """The Redis lists holding one queue's messages, one per priority lane."""
     return [queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
+
+
+def input_key(job_id: str) -> str:
+    """Where a large inference job's tensor bytes wait beside its message."""
+    return f"{KEY_INPUT}{job_id}"
 
 
 def job_key(job_id: str) -> str:

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(
         default=16 * 1024 * 1024, gt=0, description="Largest accepted inference input."
     )
+    inline_input_bytes: int = Field(
+        default=4096,
+        ge=0,
+        description="Producer: tensors larger than this wait beside the message in Redis as "
+        "raw bytes instead of riding in it as base64.",
+    )
     max_inputs_per_job: int = Field(default=1024, gt=0, description="Most inputs one job may hold.")
     batching: bool = Field(default=True, description="Merge concurrent inference jobs.")
     max_batch: int = Field(default=64, gt=0, description="Largest micro-batch of inputs.")

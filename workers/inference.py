@@ -29,11 +29,16 @@ NP_DTYPES = {
 
 
 def decode_inputs(
-    inputs: TensorPayload | list[ImagePayload], manifest: Manifest, max_items: int
+    inputs: TensorPayload | list[ImagePayload],
+    manifest: Manifest,
+    max_items: int,
+    stored: bytes | None = None,
 ) -> torch.Tensor:
-    """A float32 ``(N, C, H, W)`` batch the model accepts, or :class:`BadTensor` saying why."""
+    """A float32 ``(N, C, H, W)`` batch the model accepts, or :class:`BadTensor` saying why.
+
+    ``stored``: the bytes a tensor payload's ``key`` names, read from Redis by the caller."""
     if isinstance(inputs, TensorPayload):
-        batch = decode_tensor(inputs, manifest)
+        batch = decode_tensor(inputs, manifest, stored)
     else:
         batch = decode_images(inputs, manifest)
     if batch.shape[0] > max_items:
@@ -41,12 +46,11 @@ def decode_inputs(
     return batch
 
 
-def decode_tensor(payload: TensorPayload, manifest: Manifest) -> torch.Tensor:
+def decode_tensor(
+    payload: TensorPayload, manifest: Manifest, stored: bytes | None = None
+) -> torch.Tensor:
     """Raw bytes -> tensor. Floats are model-ready; uint8 are pixels, preprocessed here."""
-    try:
-        raw = fast_base64.b64decode(payload.data, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise BadTensor(f"tensor data is not valid base64: {e}") from e
+    raw = tensor_bytes(payload, stored)
     wire = np.dtype(NP_DTYPES[payload.dtype]).newbyteorder("<")  # the payload's byte order
     expected_bytes = math.prod(payload.shape) * wire.itemsize
     if len(raw) != expected_bytes:  # base64 padding can hide a short payload from the length check
@@ -73,6 +77,21 @@ def decode_tensor(payload: TensorPayload, manifest: Manifest) -> torch.Tensor:
             f"{expected} or [N, {', '.join(map(str, expected))}]"
         )
     return tensor
+
+
+def tensor_bytes(payload: TensorPayload, stored: bytes | None) -> bytes:
+    """The payload's raw bytes: its base64 ``data`` decoded, or the bytes stored at its key."""
+    if payload.data is None:
+        if stored is None:
+            raise BadTensor(
+                f"no input bytes at {payload.key}: never stored, or expired (they are kept "
+                "as long as results, TORCHFLEET_RESULT_TTL_S)"
+            )
+        return stored
+    try:
+        return fast_base64.b64decode(payload.data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise BadTensor(f"tensor data is not valid base64: {e}") from e
 
 
 def preprocess_pixels(pixels: torch.Tensor, manifest: Manifest) -> torch.Tensor:

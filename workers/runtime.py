@@ -22,7 +22,7 @@ from workers.artifacts import ArtifactStore
 from workers.batching import MicroBatcher
 from workers.cache import ModelCache
 from workers.devices import GpuLease, select_device
-from workers.stats import StatsWriter
+from workers.writebehind import WriteBehind
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Runtime:
     cache: ModelCache
     batcher: MicroBatcher
     worker: str
-    stats: StatsWriter
+    behind: WriteBehind  # stats records and clean-up, off the jobs' path
     lease: GpuLease | None = None
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -86,7 +86,7 @@ def start_runtime(worker: str | None = None) -> Runtime:
                 enabled=settings.batching,
             ),
             worker=name,
-            stats=StatsWriter(client, settings.stats_maxlen),
+            behind=WriteBehind(client),
             lease=lease,
         )
         return _runtime
@@ -97,11 +97,11 @@ def get_runtime() -> Runtime:
 
 
 def stop_runtime() -> None:
-    """Worker shutdown: write pending stats records, release the GPU lease."""
+    """Worker shutdown: do the pending writes (stats records...), release the GPU lease."""
     global _runtime
     with _lock:
         if _runtime is not None:
-            _runtime.stats.close()
+            _runtime.behind.close()
             if _runtime.lease is not None:
                 _runtime.lease.release()
         _runtime = None

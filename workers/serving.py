@@ -56,13 +56,18 @@ def batch_parallel(choice: int | None, device: torch.device) -> int:
 
 
 def serve(
-    job: InferJob, rt: Runtime, job_id: str, registry_fields: Mapping[Any, Any] | None = None
+    job: InferJob,
+    rt: Runtime,
+    job_id: str,
+    registry_fields: Mapping[Any, Any] | None = None,
+    stored_inputs: bytes | None = None,
 ) -> InferResult:
     """Resolve the model, decode the inputs, run them (micro-batched), and build the result.
 
-    ``registry_fields``: the model's registry hash, if the caller read it already."""
+    ``registry_fields``: the model's registry hash, if the caller read it already;
+    ``stored_inputs``: the bytes a tensor payload's key names, read by the caller."""
     try:
-        result = _serve(job, rt, job_id, registry_fields)
+        result = _serve(job, rt, job_id, registry_fields, stored_inputs)
     except TorchfleetError as e:
         fleet = metrics.current()
         if fleet is not None:
@@ -75,7 +80,11 @@ def serve(
 
 
 def _serve(
-    job: InferJob, rt: Runtime, job_id: str, registry_fields: Mapping[Any, Any] | None
+    job: InferJob,
+    rt: Runtime,
+    job_id: str,
+    registry_fields: Mapping[Any, Any] | None,
+    stored_inputs: bytes | None,
 ) -> InferResult:
     received = time.time()
     start = time.perf_counter()
@@ -89,7 +98,9 @@ def _serve(
             resolved = rt.registry.resolve_fields(ref, registry_fields)
         model, cache_hit, load_ms = rt.cache.get(resolved.record.digest, job.backend)
         decode_start = time.perf_counter()
-        batch = decode_inputs(job.inputs, model.manifest, rt.settings.max_inputs_per_job)
+        batch = decode_inputs(
+            job.inputs, model.manifest, rt.settings.max_inputs_per_job, stored_inputs
+        )
         preprocess_ms = (time.perf_counter() - decode_start) * 1000
         output = rt.batcher.run(model, batch, slot)
     post_start = time.perf_counter()

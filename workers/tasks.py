@@ -24,6 +24,7 @@ from shared.jobs import (
     CompressJob,
     InferJob,
     ModelRef,
+    TensorPayload,
     TrainJob,
     describe_errors,
     parse_job,
@@ -34,6 +35,7 @@ from shared.names import (
     TASK_NOOP,
     TASK_TRAIN,
     cancel_key,
+    input_key,
     model_key,
 )
 from workers.context import JobContext
@@ -47,7 +49,7 @@ from workers.reliability import (
     request_replacement,
 )
 from workers.runtime import Runtime, get_runtime
-from workers.stats import infer_fields, stats_entry
+from workers.stats import append_record, infer_fields, stats_entry
 
 app = create_app()
 log = logging.getLogger("torchfleet.worker")
@@ -97,6 +99,7 @@ class Arrival:
 
     cancelled: bool = False
     model_fields: dict[Any, Any] | None = None  # the registry hash of the model an infer job names
+    stored_inputs: bytes | None = None  # the tensor bytes an infer job keeps beside its message
 
 
 Execute = Callable[[Any, Runtime, Task, Arrival], dict[str, Any]]
@@ -108,18 +111,23 @@ def run_job(task: Task, payload: Any, kind: str, execute: Execute) -> dict[str, 
     started = time.perf_counter()
     try:
         model = _model_name(payload) if kind == "infer" else None
+        stored = stored_input_key(payload, job_id, rt.settings.max_payload_bytes) if model else None
         reads: list[Read] = [lambda pipe: pipe.exists(cancel_key(job_id))]
         if model is not None:
             reads.append(lambda pipe: pipe.hgetall(model_key(model)))
+        if stored is not None:
+            reads.append(lambda pipe: pipe.get(stored))
         admission = admit(
             rt.client, rt.settings, task.request, rt.worker, payload,
             result_key=task.backend.get_key_for_task(job_id), reads=reads,
         )  # fmt: skip
         if admission.stored is not None:  # a redelivery of a finished job: its stored answer
             return admission.stored
+        replies = admission.replies
         arrival = Arrival(
-            cancelled=bool(admission.replies[0]),
-            model_fields=admission.replies[1] if model is not None else None,
+            cancelled=bool(replies[0]),
+            model_fields=replies[1] if model is not None else None,
+            stored_inputs=replies[2] if stored is not None else None,
         )
         job = validate(payload, kind)
         check_deadline(job, job_id)
@@ -155,6 +163,26 @@ def run_job(task: Task, payload: Any, kind: str, execute: Execute) -> dict[str, 
     return result
 
 
+def stored_input_key(payload: Any, job_id: str, max_bytes: int) -> str | None:
+    """The key of the tensor bytes an infer payload keeps in Redis, checked before reading:
+    only the job's own key, declaring no more than ``max_bytes``."""
+    inputs = payload.get("inputs") if isinstance(payload, dict) else None
+    try:
+        tensor = TensorPayload.model_validate(inputs)
+    except ValidationError:
+        return None  # not a stored tensor; validation says what is wrong, if anything
+    if tensor.key is None:
+        return None
+    if tensor.key != input_key(job_id):
+        raise InvalidJob(f"a job reads only its own stored inputs, {input_key(job_id)}")
+    if tensor.nbytes > max_bytes:
+        raise InvalidJob(
+            f"the stored tensor declares {tensor.nbytes} bytes, over max_payload_bytes="
+            f"{max_bytes}; send fewer inputs per job or raise TORCHFLEET_MAX_PAYLOAD_BYTES"
+        )
+    return tensor.key
+
+
 def _model_name(payload: Any) -> str | None:
     """The model an infer payload names, if it names one well enough to read its record."""
     ref = payload.get("model") if isinstance(payload, dict) else None
@@ -172,14 +200,16 @@ def _record(
     fields.setdefault("device", str(rt.device))
     fields["wall_ms"] = round((time.perf_counter() - started) * 1000, 3)
     # Written by the stats thread: a record never delays (or fails, or loses) its job.
-    rt.stats.add(stats_entry(kind=kind, job_id=job_id, outcome=outcome, **fields))
+    entry = stats_entry(kind=kind, job_id=job_id, outcome=outcome, **fields)
+    rt.behind.add(append_record(entry, rt.settings.stats_maxlen))
     poke_heartbeat()
 
 
 def _infer(job: InferJob, rt: Runtime, task: Task, arrival: Arrival) -> dict[str, Any]:
     from workers.serving import serve
 
-    return serve(job, rt, task.request.id, arrival.model_fields).model_dump(mode="json")
+    result = serve(job, rt, task.request.id, arrival.model_fields, arrival.stored_inputs)
+    return result.model_dump(mode="json")
 
 
 def _train(job: TrainJob, rt: Runtime, task: Task, _: Arrival) -> dict[str, Any]:
@@ -194,7 +224,20 @@ def _compress(job: CompressJob, rt: Runtime, task: Task, _: Arrival) -> dict[str
     return execute(job, context(task, rt)).model_dump(mode="json")
 
 
-@app.task(name=TASK_INFER, bind=True, throws=(InputError,), track_started=False)
+class InferTask(Task):
+    # Celery reprs every result for its success log line, logged or not; an answer with
+    # many predictions costs a walk of the whole structure, so keep the repr short.
+    resultrepr_maxsize = 160
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        """The answer is stored: the input bytes kept for a redelivery can go."""
+        inputs = args[0].get("inputs") if args and isinstance(args[0], dict) else None
+        key = input_key(task_id)
+        if isinstance(inputs, dict) and inputs.get("key") == key:
+            get_runtime().behind.add(lambda pipe: pipe.delete(key))
+
+
+@app.task(name=TASK_INFER, bind=True, base=InferTask, throws=(InputError,), track_started=False)
 def infer(self: Task, payload: Any) -> dict[str, Any]:
     return run_job(self, payload, "infer", _infer)
 

@@ -490,9 +490,12 @@ def _fleet_arms(
     from shared.jobs import InferJob
     from shared.names import TASK_NAIVE_INFER, TASK_NOOP
 
-    single = encode_array(sample_inputs(1, list(INPUT_SHAPE)))
-    big = encode_array(sample_inputs(BIG_JOB, list(INPUT_SHAPE)))
-    naive = [InferJob(model=ref, inputs=single).model_dump(mode="json", exclude_none=True)]
+    # The fleet arms hand arrays to the client, as a user would: it picks the transport
+    # (inline base64 or stored raw bytes). The naive task gets the job inline.
+    single = sample_inputs(1, list(INPUT_SHAPE))
+    big = sample_inputs(BIG_JOB, list(INPUT_SHAPE))
+    inline = encode_array(single)
+    naive = [InferJob(model=ref, inputs=inline).model_dump(mode="json", exclude_none=True)]
     rows: list[Row] = []
     worker = None
     if spawn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import numpy as np
@@ -12,9 +13,10 @@ from producers.client import Client
 from producers.encoding import encode_array
 from shared.connection import redis_client
 from shared.jobs import TensorPayload
+from shared.names import QUEUE_INFER, device_queue, input_key, queue_keys
 from shared.registry import ModelRegistry
 from shared.settings import Settings
-from tests.fleet import Registered, WorkerProcess, register_cnn
+from tests.fleet import Registered, WorkerProcess, register_cnn, until
 
 pytestmark = pytest.mark.integration
 
@@ -113,3 +115,55 @@ def test_unknown_model_is_a_clear_error_not_retried(client: Client, worker: Work
     assert "no-such-model" in (state.error or "")
     meta = client.app.backend.get_task_meta(job_id)
     assert meta.get("retries", 0) == 0
+
+
+# ------------------------------------------------------------------ stored inputs
+def test_large_inputs_wait_beside_the_message_and_go_once_answered(
+    client: Client, worker: WorkerProcess, cnn: Registered, fleet_settings: Settings
+) -> None:
+    inputs = batch(8, seed=5)  # 98 KB, far over inline_input_bytes
+    job_id = client.submit_infer(cnn.name, inputs)
+    result = client.wait(job_id, timeout=60)
+    assert [p[0]["label"] for p in result["predictions"]] == expected_labels(cnn.module, inputs)
+    until(lambda: not client.redis.exists(input_key(job_id)), "the stored inputs to be deleted")
+
+    inline = Client(fleet_settings.model_copy(update={"inline_input_bytes": 10**9}))
+    try:
+        same = inline.wait(inline.submit_infer(cnn.name, inputs), timeout=60)
+    finally:
+        inline.close()
+    assert same["predictions"] == result["predictions"]
+
+
+def test_the_message_carries_a_key_and_redis_the_raw_bytes(
+    client: Client, worker: WorkerProcess, cnn: Registered
+) -> None:
+    inputs = batch(2)
+    job = client.submit_infer(cnn.name, inputs, device="cuda")  # a queue no worker here reads
+    lanes = queue_keys(device_queue(QUEUE_INFER, "cuda"))
+    try:
+        [raw] = [m for lane in lanes for m in client.redis.lrange(lane, 0, -1)]
+        body = json.loads(json.loads(raw)["body"])  # kombu envelope, then Celery's args
+        tensor = body[0][0]["inputs"]
+        assert "data" not in tensor and tensor["key"] == input_key(job)
+        assert client.redis.get(input_key(job)) == inputs.tobytes()
+        assert len(raw) < 2048 < inputs.nbytes
+    finally:
+        client.redis.delete(*lanes)
+
+
+def test_stored_inputs_missing_or_of_another_job_are_clear_errors(
+    client: Client, worker: WorkerProcess, cnn: Registered
+) -> None:
+    missing = uuid.uuid4().hex
+    payload = TensorPayload(shape=[1, 3, 32, 32], key=input_key(missing))
+    state = client.wait_state(client.submit_infer(cnn.name, payload, job_id=missing), timeout=60)
+    assert (state.status, state.error_code) == ("FAILURE", "bad_tensor")
+    assert "never stored, or expired" in (state.error or "")
+
+    owner = client.submit_infer(cnn.name, batch(1), device="cuda")  # stays queued
+    client.redis.delete(*queue_keys(device_queue(QUEUE_INFER, "cuda")))
+    thief = client.submit_infer(cnn.name, TensorPayload(shape=[1, 3, 32, 32], key=input_key(owner)))
+    state = client.wait_state(thief, timeout=60)
+    assert (state.status, state.error_code) == ("FAILURE", "invalid_job")
+    assert "only its own stored inputs" in (state.error or "")

@@ -1,4 +1,4 @@
-"""The stats writer: records off the job's path, batched, kept while Redis is away."""
+"""Write-behind: stats records off the job's path, batched, kept while Redis is away."""
 
 from __future__ import annotations
 
@@ -9,11 +9,16 @@ from redis.retry import Retry
 from shared.embedded import free_port
 from shared.names import KEY_STATS
 from tests.fleet import until
-from workers.stats import StatsWriter, infer_fields, stats_entry
+from workers.stats import append_record, infer_fields, stats_entry
+from workers.writebehind import Write, WriteBehind
 
 
 def entry(job_id: str) -> dict[str, str]:
     return stats_entry(kind="infer", job_id=job_id, outcome="success", wall_ms=1.5, error=None)
+
+
+def record(job_id: str) -> Write:
+    return append_record(entry(job_id), maxlen=1000)
 
 
 def stream_ids(client: redis.Redis) -> list[str]:
@@ -33,18 +38,18 @@ def test_an_entry_is_flat_text_without_empty_fields() -> None:
 def test_the_thread_writes_records_in_order_without_being_asked(
     redis_client: redis.Redis,
 ) -> None:
-    writer = StatsWriter(redis_client, maxlen=1000)
+    writer = WriteBehind(redis_client)
     for i in range(50):
-        writer.add(entry(f"j{i}"))
+        writer.add(record(f"j{i}"))
     written = until(lambda: len(stream_ids(redis_client)) == 50 and stream_ids(redis_client), "50")
     assert written == [f"j{i}" for i in range(50)]
     writer.close()
 
 
 def test_close_writes_what_is_pending(redis_client: redis.Redis) -> None:
-    writer = StatsWriter(redis_client, maxlen=1000, background=False)  # only close writes
-    writer.add(entry("a"))
-    writer.add(entry("b"))
+    writer = WriteBehind(redis_client, background=False)  # only close writes
+    writer.add(record("a"))
+    writer.add(record("b"))
     assert stream_ids(redis_client) == []
     writer.close()
     assert stream_ids(redis_client) == ["a", "b"]
@@ -53,13 +58,22 @@ def test_close_writes_what_is_pending(redis_client: redis.Redis) -> None:
 def test_records_wait_for_redis_and_the_oldest_go_past_the_bound(
     redis_client: redis.Redis,
 ) -> None:
-    writer = StatsWriter(unreachable(), maxlen=1000, max_pending=3, background=False)
+    writer = WriteBehind(unreachable(), max_pending=3, background=False)
     for i in range(5):
-        writer.add(entry(f"j{i}"))
+        writer.add(record(f"j{i}"))
     assert writer.flush() == 0 and writer.dropped == 2
     writer.client = redis_client  # Redis is back
     assert writer.flush() == 3
     assert stream_ids(redis_client) == ["j2", "j3", "j4"]
+
+
+def test_other_writes_ride_in_the_same_pipeline(redis_client: redis.Redis) -> None:
+    redis_client.set("torchfleet:input:j1", b"bytes")
+    writer = WriteBehind(redis_client, background=False)
+    writer.add(record("j1"))
+    writer.add(lambda pipe: pipe.delete("torchfleet:input:j1"))
+    assert writer.flush() == 2
+    assert stream_ids(redis_client) == ["j1"] and not redis_client.exists("torchfleet:input:j1")
 
 
 def test_infer_fields_flatten_the_latency_breakdown() -> None:
