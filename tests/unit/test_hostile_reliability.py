@@ -115,6 +115,47 @@ def test_an_oversized_payload_is_refused_but_counted_as_delivered(
     assert delivery_counts(redis_client, "j1") == {"delivered": 1, "executed": 0}
 
 
+def test_admission_is_one_round_trip_that_also_answers_the_callers_reads(
+    redis_client: redis.Redis,
+) -> None:
+    redis_client.set("flag", "1")
+    redis_client.hset("record", "field", "value")
+    admission = admit(
+        redis_client, Settings(), request(), "w1", {"kind": "infer"},
+        result_key="celery-task-meta-j1",
+        reads=[lambda pipe: pipe.exists("flag"), lambda pipe: pipe.hgetall("record")],
+    )  # fmt: skip
+    assert admission.stored is None
+    assert admission.replies == [1, {b"field": b"value"}]
+    assert delivery_counts(redis_client, "j1") == {"delivered": 1, "executed": 1}
+
+
+def test_a_redelivered_finished_job_gets_its_stored_result_and_counts_nothing(
+    redis_client: redis.Redis,
+) -> None:
+    settings = Settings()
+    admit(redis_client, settings, request(), "w1", {})
+    meta = {"status": "SUCCESS", "result": {"labels": [3]}, "task_id": "j1"}
+    redis_client.set("celery-task-meta-j1", json.dumps(meta))
+    again = admit(redis_client, settings, request(), "w1", {}, result_key="celery-task-meta-j1")
+    assert again.stored == {"labels": [3]} and again.replies == []
+    assert delivery_counts(redis_client, "j1") == {"delivered": 1, "executed": 1}
+
+
+@pytest.mark.parametrize(
+    "meta", [b"not json", json.dumps({"status": "FAILURE", "result": {"exc_type": "X"}})]
+)
+def test_a_failed_or_unreadable_earlier_result_does_not_stop_a_new_run(
+    redis_client: redis.Redis, meta: str | bytes
+) -> None:
+    redis_client.set("celery-task-meta-j1", meta)
+    admission = admit(
+        redis_client, Settings(), request(), "w1", {}, result_key="celery-task-meta-j1"
+    )
+    assert admission.stored is None
+    assert delivery_counts(redis_client, "j1") == {"delivered": 1, "executed": 1}
+
+
 def test_unreadable_dead_letters_are_skipped(redis_client: redis.Redis) -> None:
     redis_client.rpush(KEY_DEADLETTER, b"not json", json.dumps({"job_id": "x"}))
     dead_letter(redis_client, DeadLetter(job_id="ok", task="t", reason="r", deliveries=4))

@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from producers.encoding import encode_array, encode_images
-from shared.errors import BadTensor
+from producers.encoding import encode_array, encode_images, tensor_bytes, tensor_payload
+from shared.errors import BadTensor, InvalidJob
 from shared.jobs import ImagePayload
 from shared.manifest import Manifest, Preprocessing
 from workers.inference import accuracy, decode_inputs, top_k
+from workers.tasks import stored_input_key
 
 MANIFEST = Manifest(
     arch="cifar_cnn",
@@ -90,3 +91,37 @@ def test_corrupt_base64_is_a_bad_tensor() -> None:
     broken = payload.model_copy(update={"data": "!" * len(payload.data)})
     with pytest.raises(BadTensor, match="base64"):
         decode_inputs(broken, MANIFEST, max_items=8)
+
+
+# ----------------------------------------------------------------- stored inputs
+def test_stored_bytes_decode_exactly_like_inline_ones() -> None:
+    x = np.random.default_rng(2).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    raw, dtype, shape = tensor_bytes(x)
+    stored = tensor_payload(raw, dtype, shape, key="torchfleet:input:j1")
+    assert stored.data is None and stored.nbytes == x.nbytes
+    from_redis = decode_inputs(stored, MANIFEST, 1024, stored=raw)
+    assert torch.equal(from_redis, decode_inputs(encode_array(x), MANIFEST, 1024))
+
+
+def test_missing_or_short_stored_bytes_are_bad_tensors() -> None:
+    stored = tensor_payload(b"", "float32", [1, 3, 32, 32], key="torchfleet:input:j1")
+    with pytest.raises(BadTensor, match="never stored, or expired"):
+        decode_inputs(stored, MANIFEST, 1024, stored=None)
+    with pytest.raises(BadTensor, match="holds 8 bytes"):
+        decode_inputs(stored, MANIFEST, 1024, stored=b"\0" * 8)
+
+
+def test_a_job_reads_only_its_own_stored_inputs_within_the_size_limit() -> None:
+    def payload(key: str, shape: list[int]) -> dict[str, object]:
+        return {"model": "m", "inputs": {"shape": shape, "key": key}}
+
+    assert stored_input_key(payload("torchfleet:input:j1", [2, 3]), "j1", 100) == (
+        "torchfleet:input:j1"
+    )
+    inline = {"model": "m", "inputs": {"shape": [1], "data": "AAAAAA=="}}
+    assert stored_input_key(inline, "j1", 1) is None
+    assert stored_input_key({"inputs": "junk"}, "j1", 100) is None  # validation will say why
+    with pytest.raises(InvalidJob, match="only its own stored inputs"):
+        stored_input_key(payload("torchfleet:input:j2", [1]), "j1", 100)
+    with pytest.raises(InvalidJob, match="max_payload_bytes=100"):
+        stored_input_key(payload("torchfleet:input:j1", [1000]), "j1", 100)
