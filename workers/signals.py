@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
@@ -34,6 +35,10 @@ def _on_init(**_: Any) -> None:
 def _on_ready(sender: Any = None, **_: Any) -> None:
     rt = start_runtime(worker=getattr(sender, "hostname", None))
     prepare_serving(rt)  # cache options, metrics endpoint and cache counters, preload list
+    # Everything loaded so far (torch, Celery, the preloaded models) lives as long as the
+    # process: out of the collector's sight, its full collections stop walking it mid-job.
+    gc.collect()
+    gc.freeze()
     log.info("torchfleet worker %s ready on %s", rt.worker, rt.device)
 
 

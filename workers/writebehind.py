@@ -20,7 +20,7 @@ log = logging.getLogger("torchfleet.worker")
 
 MAX_PENDING = 10_000
 RETRY_PAUSE_S = 1.0
-LINGER_S = 0.005
+LINGER_S = 0.025
 Write = Callable[[Pipeline], object]
 
 

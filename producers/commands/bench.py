@@ -4,7 +4,9 @@ Arms, for each model, with the same input and the same torch thread count everyw
 
 * ``floor``: the model called in-process through the worker's own fast paths (the limit),
   at batch 1 and at the micro-batch size;
-* ``celery_noop``: a no-op task round trip on the same Redis (the queue's own cost);
+* ``celery_noop``: a no-op task round trip on the same Redis (the queue's own cost), at
+  one producer right before each model's fleet arms (``beside`` names the model), and at
+  the other producer counts once;
 * ``naive``: a Celery task that loads the model from the store on every request;
 * ``fleet_batched`` / ``fleet_unbatched``: the real path, warm, micro-batching on / off;
 * ``fleet_cold``: a freshly launched worker process, from launch to its first answer.
@@ -99,6 +101,7 @@ class Row:
     p99_ms: float
     throughput: float
     extra: dict[str, float] = field(default_factory=dict)
+    beside: str | None = None  # celery_noop: the model whose fleet arms it was measured before
 
 
 # ------------------------------------------------------------------ pure helpers
@@ -109,6 +112,7 @@ def summarise(
     inputs: int,
     latencies_ms: list[float],
     wall_s: float,
+    beside: str | None = None,
     **extra: float,
 ) -> Row:
     """One result row from per-job latencies and the wall time of the whole measurement."""
@@ -123,6 +127,7 @@ def summarise(
         p99_ms=round(percentile(latencies_ms, 99), 3),
         throughput=round(len(latencies_ms) * inputs / wall_s, 2) if wall_s > 0 else 0.0,
         extra={k: round(v, 3) for k, v in extra.items()},
+        beside=beside,
     )
 
 
@@ -146,7 +151,8 @@ def ratios(rows: list[Row], model: str) -> dict[str, float | None]:
     """The bars' figures for one model (None where an arm was not measured)."""
     floor1 = _find(rows, "floor", model, 1, 1)
     floor32 = _find(rows, "floor", model, 1, BIG_JOB)
-    noop = _find(rows, "celery_noop", "-", 1, 1)
+    noops = [r for r in rows if (r.arm, r.producers) == ("celery_noop", 1)]
+    noop = next((r for r in noops if r.beside == model), noops[0] if noops else None)
     warm = _find(rows, "fleet_batched", model, 1, 1)
     most = max((r.producers for r in rows if r.arm == "fleet_batched"), default=1)
     batched = _find(rows, "fleet_batched", model, most, 1)
@@ -503,18 +509,21 @@ def _fleet_arms(
         worker, cold = cold_start(client, env, plan, arch, ref, single, logs)
         rows.append(cold)
     try:
+        noop = task_call(client, TASK_NOOP, [None])
         if with_noop:
-            for p in plan.producers:
+            for p in [p for p in plan.producers if p > 1]:
                 log(f"celery_noop: {p} producers")
-                lat, wall = drive(
-                    p, plan.jobs, task_call(client, TASK_NOOP, [None]), budget_s=plan.budget_s
-                )
+                lat, wall = drive(p, plan.jobs, noop, budget_s=plan.budget_s)
                 rows.append(summarise("celery_noop", "-", p, 1, lat, wall))
         for p in plan.producers:
             log(f"naive: {arch}, {p} producers")
             one = task_call(client, TASK_NAIVE_INFER, naive)
             lat, wall = drive(p, max(plan.naive_jobs, 2 * p), one, budget_s=plan.budget_s)
             rows.append(summarise("naive", arch, p, 1, lat, wall))
+        # The queue's own cost right before the fleet's: the host's speed drifts in minutes.
+        log(f"celery_noop: 1 producer, beside {arch}")
+        lat, wall = drive(1, plan.jobs, noop, budget_s=plan.budget_s)
+        rows.append(summarise("celery_noop", "-", 1, 1, lat, wall, beside=arch))
         rows += _fleet_sweep("fleet_batched", client, plan, arch, ref, single, log)
         for p in sorted({1, min(4, max(plan.producers))}):
             log(f"fleet_batched: {arch}, {p} producers of {BIG_JOB}-input jobs")

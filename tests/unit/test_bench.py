@@ -49,6 +49,19 @@ def test_ratios_and_bars_follow_the_issue() -> None:
     assert missing["cold_start_s"] == {"value": None, "bar": "<= 5.0", "passed": None}
 
 
+def test_overhead_is_read_against_the_noop_measured_beside_the_model() -> None:
+    rows = [
+        row("celery_noop", "-", 1, 1, 5.0, 200.0),
+        row("floor", "big", 1, 1, 1.0, 1000.0),
+        Row("celery_noop", "-", 1, 1, 10, 8.0, 8.0, 8.0, 125.0, beside="big"),
+        row("fleet_batched", "big", 1, 1, 9.0, 110.0),
+        row("floor", "small", 1, 1, 1.0, 1000.0),
+        row("fleet_batched", "small", 1, 1, 9.0, 110.0),
+    ]
+    assert ratios(rows, "big")["noop_p50_ms"] == 8.0
+    assert ratios(rows, "small")["noop_p50_ms"] == 5.0  # none beside it: the first one
+
+
 def test_drive_spreads_jobs_over_producers_after_warm_up() -> None:
     seen: list[str] = []
     lock = threading.Lock()
