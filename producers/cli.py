@@ -133,7 +133,13 @@ def submit(
                 else:
                     console.print(group_id)
                 return
-            submitted = client.submit(spec, job_id=job_id)
+            if hasattr(spec.get("inputs"), "tobytes"):  # an array: the client picks its transport
+                options = {k: v for k, v in spec.items() if k not in ("kind", "model", "inputs")}
+                submitted = client.submit_infer(
+                    spec["model"], spec["inputs"], job_id=job_id, **options
+                )
+            else:
+                submitted = client.submit(spec, job_id=job_id)
             if not wait:
                 _emit_submitted(submitted, as_json)
                 return
@@ -300,14 +306,15 @@ def _load_spec(path: Path) -> dict[str, Any]:
 
 
 def _infer_spec(model: str, inputs: list[Path], top_k: int) -> dict[str, Any]:
-    from producers.encoding import encode_array, encode_images
+    """An infer job; a .npy array stays an array (large ones travel beside the message)."""
+    from producers.encoding import encode_images
 
     if not inputs:
         fail(EXIT_INPUT, "--input is required: a .npy file or image files")
     if len(inputs) == 1 and inputs[0].suffix == ".npy":
         import numpy as np
 
-        payload: Any = encode_array(np.load(inputs[0], allow_pickle=False)).model_dump()
+        payload: Any = np.load(inputs[0], allow_pickle=False)
     else:
         payload = [p.model_dump() for p in encode_images(list(inputs))]
     return {"kind": "infer", "model": model, "inputs": payload, "top_k": top_k}

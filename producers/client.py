@@ -266,15 +266,19 @@ class Client:
 
         job_id = job_id or uuid.uuid4().hex
         stored: dict[str, bytes] = {}
-        if not isinstance(inputs, TensorPayload) and not (
-            isinstance(inputs, list) and inputs and isinstance(inputs[0], ImagePayload)
-        ):
-            raw, dtype, shape = tensor_bytes(inputs)
-            key = input_key(job_id) if len(raw) > self.settings.inline_input_bytes else None
-            inputs = tensor_payload(raw, dtype, shape, key=key)
-            if key is not None:
-                stored[key] = raw
-        job = InferJob(model=model, inputs=inputs, **options)
+        is_payload = isinstance(inputs, TensorPayload) or (
+            isinstance(inputs, list) and bool(inputs) and isinstance(inputs[0], ImagePayload)
+        )
+        try:
+            if not is_payload:
+                raw, dtype, shape = tensor_bytes(inputs)
+                key = input_key(job_id) if len(raw) > self.settings.inline_input_bytes else None
+                inputs = tensor_payload(raw, dtype, shape, key=key)
+                if key is not None:
+                    stored[key] = raw
+            job = InferJob(model=model, inputs=inputs, **options)
+        except ValidationError as e:
+            raise InvalidJob(f"invalid infer job: {describe_errors(e)}") from None
         return self.submit(job, job_id=job_id, stored=stored)
 
     # ------------------------------------------------------------- read

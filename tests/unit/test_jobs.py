@@ -7,8 +7,11 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from producers.client import Client
 from producers.encoding import encode_nested
-from shared.jobs import InferJob, ModelRef, TrainJob, job_schema, parse_job
+from shared.errors import InvalidJob
+from shared.jobs import InferJob, ModelRef, TensorPayload, TrainJob, job_schema, parse_job
+from shared.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -73,3 +76,24 @@ def test_json_round_trip_and_schema() -> None:
     schema = job_schema()
     assert {"TrainJob", "CompressJob", "InferJob"} <= set(schema["$defs"])
     json.dumps(schema)
+
+
+def test_a_tensor_is_inline_or_stored_never_both_and_only_under_the_input_prefix() -> None:
+    assert TensorPayload(shape=[2], key="torchfleet:input:j1").nbytes == 8
+    for bad in (
+        {"shape": [1]},
+        {"shape": [1], "data": "AAAAAA==", "key": "torchfleet:input:j1"},
+        {"shape": [1], "key": "torchfleet:model:digits"},
+    ):
+        with pytest.raises(ValidationError):
+            TensorPayload.model_validate(bad)
+
+
+def test_the_client_refuses_arrays_it_cannot_send_before_sending(settings: Settings) -> None:
+    np = pytest.importorskip("numpy")
+    with Client(settings) as client:
+        with pytest.raises(InvalidJob, match="dtype"):
+            client.submit_infer("m", np.zeros((2, 3), dtype=np.int32))
+        with pytest.raises(InvalidJob, match="greater than or equal to 1"):
+            client.submit_infer("m", np.zeros((0,), dtype=np.float32))
+        assert client.status()["queues"]["infer"]["depth"] == 0
