@@ -158,6 +158,7 @@ def ratios(rows: list[Row], model: str) -> dict[str, float | None]:
     batched = _find(rows, "fleet_batched", model, most, 1)
     unbatched = _find(rows, "fleet_unbatched", model, most, 1)
     naive = _find(rows, "naive", model, most, 1)
+    noop_most = _find(rows, "celery_noop", "-", most, 1)
     cold = _find(rows, "fleet_cold", model, 1, 1)
     big = [r for r in rows if (r.arm, r.model, r.inputs_per_job) == ("fleet_batched", model, 32)]
     overhead = warm.p50_ms - floor1.p50_ms if warm and floor1 else None
@@ -178,6 +179,11 @@ def ratios(rows: list[Row], model: str) -> dict[str, float | None]:
             max((r.throughput for r in big), default=None), floor32.throughput if floor32 else None
         ),
         "cold_start_s": round(cold.p50_ms / 1000, 3) if cold else None,
+        # Context, not a bar: what a task that does nothing reaches against the naive task at
+        # the same load; no fleet on one Celery message per job can beat it on this host.
+        "noop_vs_naive_16": _ratio(
+            noop_most.throughput if noop_most else None, naive.throughput if naive else None
+        ),
     }
 
 
@@ -603,6 +609,12 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         passed = {None: "not measured", True: "yes", False: "NO"}[bar["passed"]]
         verdicts.add_row(name, value, bar["bar"], passed)
     console.print(verdicts)
+    ceiling = report["ratios"][report["bars"]["model"]].get("noop_vs_naive_16")
+    if ceiling is not None:
+        console.print(
+            f"A no-op task reaches {ceiling:.2f}x the naive task's throughput at the same load "
+            "here: the most any one-message-per-job fleet can show against it on this host."
+        )
 
 
 def _csv(text: str, cast: Callable[[str], Any]) -> tuple[Any, ...]:
