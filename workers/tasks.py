@@ -110,25 +110,9 @@ def run_job(task: Task, payload: Any, kind: str, execute: Execute) -> dict[str, 
     job_id = task.request.id
     started = time.perf_counter()
     try:
-        model = _model_name(payload) if kind == "infer" else None
-        stored = stored_input_key(payload, job_id, rt.settings.max_payload_bytes) if model else None
-        reads: list[Read] = [lambda pipe: pipe.exists(cancel_key(job_id))]
-        if model is not None:
-            reads.append(lambda pipe: pipe.hgetall(model_key(model)))
-        if stored is not None:
-            reads.append(lambda pipe: pipe.get(stored))
-        admission = admit(
-            rt.client, rt.settings, task.request, rt.worker, payload,
-            result_key=task.backend.get_key_for_task(job_id), reads=reads,
-        )  # fmt: skip
-        if admission.stored is not None:  # a redelivery of a finished job: its stored answer
-            return admission.stored
-        replies = admission.replies
-        arrival = Arrival(
-            cancelled=bool(replies[0]),
-            model_fields=replies[1] if model is not None else None,
-            stored_inputs=replies[2] if stored is not None else None,
-        )
+        answered, arrival = arrive(task, rt, payload, kind)
+        if answered is not None:  # a redelivery of a finished job: its stored answer
+            return answered
         job = validate(payload, kind)
         check_deadline(job, job_id)
         if arrival.cancelled:
@@ -161,6 +145,34 @@ def run_job(task: Task, payload: Any, kind: str, execute: Execute) -> dict[str, 
     extra = infer_fields(result) if kind == "infer" else {"model": result.get("model")}
     _record(rt, kind, job_id, "success", started, **extra)
     return result
+
+
+def arrive(
+    task: Task, rt: Runtime, payload: Any, kind: str
+) -> tuple[dict[str, Any] | None, Arrival]:
+    """Admit the delivery in one round trip: the answer an earlier delivery stored, or what
+    the job needs to run (cancel flag; for inference the model's registry record and the
+    stored input bytes)."""
+    job_id = task.request.id
+    model = _model_name(payload) if kind == "infer" else None
+    stored = stored_input_key(payload, job_id, rt.settings.max_payload_bytes) if model else None
+    reads: list[Read] = [lambda pipe: pipe.exists(cancel_key(job_id))]
+    if model is not None:
+        reads.append(lambda pipe: pipe.hgetall(model_key(model)))
+    if stored is not None:
+        reads.append(lambda pipe: pipe.get(stored))
+    admission = admit(
+        rt.client, rt.settings, task.request, rt.worker, payload,
+        result_key=task.backend.get_key_for_task(job_id), reads=reads,
+    )  # fmt: skip
+    if admission.stored is not None:
+        return admission.stored, Arrival()
+    replies = admission.replies
+    return None, Arrival(
+        cancelled=bool(replies[0]),
+        model_fields=replies[1] if model is not None else None,
+        stored_inputs=replies[2] if stored is not None else None,
+    )
 
 
 def stored_input_key(payload: Any, job_id: str, max_bytes: int) -> str | None:
