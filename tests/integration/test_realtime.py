@@ -161,6 +161,9 @@ def test_jobs_queued_behind_a_busy_worker_share_a_forward_and_a_bad_one_fails_al
     cnn = register_cnn(settings, seed=uuid.uuid4().int % 2**31)
     client.wait(client.submit_infer(cnn.name, batch(1)), timeout=60)  # warm: no load in the way
     slow = slow_model(settings)
+    # Loaded first: once the 64-input job is active it is in its forward within milliseconds,
+    # not still loading the model (the jobs below would each run alone meanwhile).
+    client.wait(client.submit_infer(slow, np.zeros((1, 3, 32, 32), dtype=np.float32)), timeout=120)
     hold = client.submit_infer(slow, np.zeros((64, 3, 32, 32), dtype=np.float32))
     wait_until_active(client, worker, hold)
     # While the worker computes the slow job, these reach the batcher and queue up together.
