@@ -63,7 +63,7 @@ def decode_tensor(
         return preprocess_pixels(torch.from_numpy(array.astype(np.uint8)), manifest)
     if payload.dtype == "int64":
         raise BadTensor("int64 inputs are not images or features; send float32 or uint8")
-    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf, refused here
+    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN are refused just below
         native = array.astype(np.float32)  # a native, writable copy
     if not np.isfinite(native).all():  # numpy's check costs a tenth of torch's on one input
         raise BadTensor("inputs contain NaN or infinite values")
