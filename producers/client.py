@@ -10,6 +10,7 @@ It needs only Redis and the torch-free contracts in ``shared``::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -139,14 +140,19 @@ class Client:
             self.registry.resolve(model.source)  # a missing source model fails here, not later
         job_id = job_id or uuid.uuid4().hex
         self._remember(job_id, kind=model.kind, stored=stored)  # before any worker can see it
-        self.app.send_task(
-            TASK_FOR_KIND[model.kind],
-            args=[_payload(model)],
-            task_id=job_id,
-            retry=True,
-            retry_policy={"max_retries": 10, "interval_start": 0.1, "interval_step": 0.5},
-            **self._route(model, priority),
-        )
+        try:
+            self.app.send_task(
+                TASK_FOR_KIND[model.kind],
+                args=[_payload(model)],
+                task_id=job_id,
+                retry=True,
+                retry_policy={"max_retries": 10, "interval_start": 0.1, "interval_step": 0.5},
+                **self._route(model, priority),
+            )
+        except BaseException:  # not sent: leave no record of a job that does not exist
+            with contextlib.suppress(redis.RedisError):
+                self.redis.delete(job_key(job_id), *(stored or {}))
+            raise
         return job_id
 
     def _route(self, model: AnyJob, priority: int | None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from producers.client import Client
 from producers.encoding import encode_nested
 from shared.errors import InvalidJob
 from shared.jobs import InferJob, ModelRef, TensorPayload, TrainJob, job_schema, parse_job
+from shared.names import input_key, job_key
 from shared.settings import Settings
 
 
@@ -97,3 +98,18 @@ def test_the_client_refuses_arrays_it_cannot_send_before_sending(settings: Setti
         with pytest.raises(InvalidJob, match="greater than or equal to 1"):
             client.submit_infer("m", np.zeros((0,), dtype=np.float32))
         assert client.status()["queues"]["infer"]["depth"] == 0
+
+
+def test_a_job_whose_message_could_not_be_sent_leaves_no_record(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    np = pytest.importorskip("numpy")
+    with Client(settings) as client:
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise ConnectionError("broker gone between the record and the message")
+
+        monkeypatch.setattr(client.app, "send_task", refuse)
+        with pytest.raises(ConnectionError):
+            client.submit_infer("m", np.ones((4, 3, 32, 32), dtype=np.float32), job_id="j-lost")
+        assert not client.redis.exists(job_key("j-lost"), input_key("j-lost"))
