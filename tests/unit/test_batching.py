@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import pytest
 import torch
@@ -16,6 +18,9 @@ from shared.manifest import Manifest
 from workers.batching import MicroBatcher, forward_with_oom_backoff
 from workers.cache import LoadedModel
 from workers.serving import batch_parallel
+
+T = TypeVar("T")
+ZEROS = torch.zeros(1, 3)
 
 
 class Recorder(nn.Module):
@@ -59,6 +64,32 @@ class Picky(Recorder):
         return out
 
 
+def together(
+    batcher: MicroBatcher,
+    recorder: Recorder,
+    jobs: int,
+    run: Callable[[int, Any], T],
+    before_release: Callable[[], None] | None = None,
+) -> list[Future[T]]:
+    """``jobs`` jobs that each take a slot, wait for one another, then ``run(i, slot)``, while
+    the model's gate is shut (the first forward holds, the others queue behind it); the gate
+    opens once all are submitted (after ``before_release``). The finished futures."""
+    recorder.gate.clear()
+    barrier = threading.Barrier(jobs)
+
+    def job(i: int) -> T:
+        with batcher.slot() as slot:
+            barrier.wait()
+            return run(i, slot)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = [pool.submit(job, i) for i in range(jobs)]
+        if before_release is not None:
+            before_release()
+        recorder.gate.set()
+    return futures
+
+
 def test_a_lone_job_runs_at_once_with_batch_size_one() -> None:
     recorder = Recorder()
     batcher = MicroBatcher(max_batch=16, max_wait_ms=10_000)
@@ -72,19 +103,12 @@ def test_concurrent_jobs_share_one_forward_and_get_their_own_rows() -> None:
     recorder = Recorder()
     model = loaded(recorder)
     batcher = MicroBatcher(max_batch=64, max_wait_ms=5_000)
-    recorder.gate.clear()  # hold the first forward so the others queue up behind it
     jobs = 6
-    slots_taken = threading.Barrier(jobs)
 
-    def job(i: int) -> torch.Tensor:
-        with batcher.slot() as slot:
-            slots_taken.wait()
-            return batcher.run(model, torch.full((1, 3), float(i)), slot).logits
+    def run(i: int, slot: Any) -> torch.Tensor:
+        return batcher.run(model, torch.full((1, 3), float(i)), slot).logits
 
-    with ThreadPoolExecutor(jobs) as pool:
-        futures = [pool.submit(job, i) for i in range(jobs)]
-        recorder.gate.set()
-        outputs = [f.result(timeout=30) for f in futures]
+    outputs = [f.result() for f in together(batcher, recorder, jobs, run)]
     assert sum(recorder.sizes) == jobs and len(recorder.sizes) < jobs
     for i, logits in enumerate(outputs):
         assert logits.tolist() == [[float(i)] * 3]
@@ -94,19 +118,8 @@ def test_max_batch_caps_the_merge() -> None:
     recorder = Recorder()
     model = loaded(recorder)
     batcher = MicroBatcher(max_batch=4, max_wait_ms=5_000)
-    recorder.gate.clear()
-    barrier = threading.Barrier(10)
-
-    def job(i: int) -> None:
-        with batcher.slot() as slot:
-            barrier.wait()
-            batcher.run(model, torch.zeros(1, 3), slot)
-
-    with ThreadPoolExecutor(10) as pool:
-        futures = [pool.submit(job, i) for i in range(10)]
-        recorder.gate.set()
-        for f in futures:
-            f.result(timeout=30)
+    for f in together(batcher, recorder, 10, lambda i, slot: batcher.run(model, ZEROS, slot)):
+        f.result()
     assert max(recorder.sizes) <= 4 and sum(recorder.sizes) == 10
 
 
@@ -143,25 +156,18 @@ def test_a_job_that_breaks_the_forward_fails_alone() -> None:
     picky = Picky()
     model = loaded(picky)
     batcher = MicroBatcher(max_batch=64, max_wait_ms=5_000)
-    picky.gate.clear()
     jobs, bad = 5, 2
-    barrier = threading.Barrier(jobs)
 
-    def job(i: int) -> torch.Tensor:
-        with batcher.slot() as slot:
-            barrier.wait()
-            value = -1.0 if i == bad else float(i)
-            return batcher.run(model, torch.full((1, 3), value), slot).logits
+    def run(i: int, slot: Any) -> torch.Tensor:
+        value = -1.0 if i == bad else float(i)
+        return batcher.run(model, torch.full((1, 3), value), slot).logits
 
-    with ThreadPoolExecutor(jobs) as pool:
-        futures = [pool.submit(job, i) for i in range(jobs)]
-        picky.gate.set()
-        for i, future in enumerate(futures):
-            if i == bad:
-                with pytest.raises(RuntimeError, match="breaks the model"):
-                    future.result(timeout=30)
-            else:
-                assert future.result(timeout=30).tolist() == [[float(i)] * 3]
+    for i, future in enumerate(together(batcher, picky, jobs, run)):
+        if i == bad:
+            with pytest.raises(RuntimeError, match="breaks the model"):
+                future.result()
+        else:
+            assert future.result().tolist() == [[float(i)] * 3]
     assert max(picky.sizes) > 1  # the jobs were merged before the failure split them
 
 
@@ -169,18 +175,11 @@ def test_jobs_for_different_models_are_never_merged() -> None:
     recorder = Recorder()
     first, second = loaded(recorder, "a" * 64), loaded(recorder, "b" * 64)
     batcher = MicroBatcher(max_batch=64, max_wait_ms=5_000)
-    recorder.gate.clear()
-    barrier = threading.Barrier(6)
 
-    def job(i: int) -> int:
-        with batcher.slot() as slot:
-            barrier.wait()
-            return batcher.run(first if i % 2 else second, torch.zeros(1, 3), slot).batch_size
+    def run(i: int, slot: Any) -> int:
+        return batcher.run(first if i % 2 else second, ZEROS, slot).batch_size
 
-    with ThreadPoolExecutor(6) as pool:
-        futures = [pool.submit(job, i) for i in range(6)]
-        recorder.gate.set()
-        sizes = [f.result(timeout=30) for f in futures]
+    sizes = [f.result() for f in together(batcher, recorder, 6, run)]
     assert max(sizes) <= 3 and sum(recorder.sizes) == 6
 
 
@@ -188,21 +187,11 @@ def test_batch_wait_is_reported_per_job() -> None:
     recorder = Recorder()
     model = loaded(recorder)
     batcher = MicroBatcher(max_batch=64, max_wait_ms=5_000)
-    recorder.gate.clear()
-    barrier = threading.Barrier(4)
-
-    def job(i: int) -> float:
-        with batcher.slot() as slot:
-            barrier.wait()
-            out = batcher.run(model, torch.zeros(1, 3), slot)
-            assert out.batch_size >= 1 and out.compute_ms >= 0
-            return out.batch_wait_ms
-
-    with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(job, i) for i in range(4)]
-        recorder.gate.set()
-        waits = [f.result(timeout=30) for f in futures]
-    assert all(w >= 0 for w in waits)
+    outs = [
+        f.result()
+        for f in together(batcher, recorder, 4, lambda i, slot: batcher.run(model, ZEROS, slot))
+    ]
+    assert all(o.batch_size >= 1 and o.compute_ms >= 0 and o.batch_wait_ms >= 0 for o in outs)
 
 
 def test_jobs_arriving_during_a_lone_forward_are_merged_after_it() -> None:
@@ -234,20 +223,15 @@ def test_parallel_batches_run_at_once_up_to_the_limit() -> None:
     recorder = Recorder()
     models = [loaded(recorder, c * 64) for c in "abc"]
     batcher = MicroBatcher(max_batch=64, max_wait_ms=5_000, parallel=2)
-    recorder.gate.clear()
-    barrier = threading.Barrier(9)
 
-    def job(i: int) -> int:
-        with batcher.slot() as slot:
-            barrier.wait()
-            return batcher.run(models[i % 3], torch.zeros(1, 3), slot).batch_size
-
-    with ThreadPoolExecutor(9) as pool:
-        futures = [pool.submit(job, i) for i in range(9)]
+    def two_running() -> None:
         while recorder.running < 2:  # two groups are inside their forwards at once
             time.sleep(0.001)
-        recorder.gate.set()
-        sizes = [f.result(timeout=30) for f in futures]
+
+    def run(i: int, slot: Any) -> int:
+        return batcher.run(models[i % 3], ZEROS, slot).batch_size
+
+    sizes = [f.result() for f in together(batcher, recorder, 9, run, two_running)]
     assert recorder.most_running == 2 and sum(recorder.sizes) == 9
     assert max(sizes) == 3  # each model's three jobs still share one forward
 
