@@ -309,26 +309,23 @@ def _stage_detail(report: PipelineResult, stage: str) -> dict[str, Any]:
     raise InvalidJob(f"the {stage} stage did not finish")
 
 
-@app.task(name=TASK_PIPELINE_TRAIN, bind=True)
-def train(self: Task, report: Any, payload: Any) -> Any:
-    return run_stage(self, "train", report, payload, train_stage)
+STAGE_FUNCTIONS: dict[PipelineStage, StageFn] = {
+    "train": train_stage,
+    "compress": compress_stage,
+    "gate": gate_stage,
+    "promote": promote_stage,
+    "warm": warm_stage,
+}
 
 
-@app.task(name=TASK_PIPELINE_COMPRESS, bind=True)
-def compress(self: Task, report: Any, payload: Any) -> Any:
-    return run_stage(self, "compress", report, payload, compress_stage)
+def _stage_task(stage: PipelineStage, task_name: str) -> Task:
+    """The Celery task of one stage (a link of the pipeline's chain)."""
+
+    def run(self: Task, report: Any, payload: Any) -> Any:
+        return run_stage(self, stage, report, payload, STAGE_FUNCTIONS[stage])
+
+    run.__name__ = run.__qualname__ = f"{stage}_stage_task"
+    return app.task(name=task_name, bind=True)(run)
 
 
-@app.task(name=TASK_PIPELINE_GATE, bind=True)
-def gate(self: Task, report: Any, payload: Any) -> Any:
-    return run_stage(self, "gate", report, payload, gate_stage)
-
-
-@app.task(name=TASK_PIPELINE_PROMOTE, bind=True)
-def promote(self: Task, report: Any, payload: Any) -> Any:
-    return run_stage(self, "promote", report, payload, promote_stage)
-
-
-@app.task(name=TASK_PIPELINE_WARM, bind=True)
-def warm(self: Task, report: Any, payload: Any) -> Any:
-    return run_stage(self, "warm", report, payload, warm_stage)
+STAGE_TASKS = {stage: _stage_task(stage, task_name) for stage, task_name in STAGES}
