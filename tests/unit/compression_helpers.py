@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.jobs import CompressJob, DatasetSpec
+from shared.jobs import CompressJob, DatasetSpec, VariantReport
 from shared.manifest import Manifest
 from shared.registry import ModelRegistry, VariantRecord
 from shared.settings import Settings
@@ -108,3 +108,23 @@ def val_accuracy(module: nn.Module) -> float:
     with torch.inference_mode():
         correct = int((module(images).argmax(-1) == labels).sum())
     return 100.0 * correct / len(labels)
+
+
+def variant_report(
+    variant: str, speedup: float, accuracy_delta: float = 0.0, **fields: Any
+) -> VariantReport:
+    """A variant's report with placeholder sizes and latencies; ``fields`` override the rest."""
+    values: dict[str, Any] = {
+        "variant": variant,
+        "method": "x",
+        "size_bytes": 1,
+        "parameters": 1,
+        "accuracy": 90 + accuracy_delta,
+        "latency_b1_p50_ms": 1,
+        "latency_b1_p95_ms": 1,
+        "latency_b32_p50_ms": 1,
+        "latency_b32_p95_ms": 1,
+        "speedup": speedup,
+        "accuracy_delta": accuracy_delta,
+    }
+    return VariantReport(**{**values, **fields})

@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from shared.jobs import CompressJob, VariantReport
+from shared.jobs import CompressJob
 from shared.manifest import Manifest
+from tests.unit.compression_helpers import variant_report
 from workers.artifacts import from_safetensors, to_safetensors
 from workers.compression.evaluation import count_weights, percentile
 from workers.compression.pipeline import best, default_name, gate, planned_variants
@@ -122,22 +123,6 @@ def test_default_names_and_the_variant_rule() -> None:
     assert planned_variants(job.steps) == [(0, "sparse"), (2, "l1-ft-int8dyn")]
 
 
-def report(variant: str, speedup: float, accuracy_delta: float) -> VariantReport:
-    return VariantReport(
-        variant=variant,
-        method="x",
-        size_bytes=1,
-        parameters=1,
-        accuracy=90 + accuracy_delta,
-        latency_b1_p50_ms=1,
-        latency_b1_p95_ms=1,
-        latency_b32_p50_ms=1,
-        latency_b32_p95_ms=1,
-        speedup=speedup,
-        accuracy_delta=accuracy_delta,
-    )
-
-
 def test_gates_and_the_best_variant() -> None:
     job = CompressJob.model_validate(
         {
@@ -146,9 +131,13 @@ def test_gates_and_the_best_variant() -> None:
             "gates": {"max_accuracy_drop": 1.0, "min_speedup": 2.0},
         }
     )
-    assert gate(report("a", 2.5, -0.5), job) == []
-    assert len(gate(report("b", 1.5, -3.0), job)) == 2
-    reports = [report("slow", 2.0, 0), report("fast", 3.0, -0.9), report("bad", 9.0, -5)]
+    assert gate(variant_report("a", 2.5, -0.5), job) == []
+    assert len(gate(variant_report("b", 1.5, -3.0), job)) == 2
+    reports = [
+        variant_report("slow", 2.0, 0),
+        variant_report("fast", 3.0, -0.9),
+        variant_report("bad", 9.0, -5),
+    ]
     reports[2].passed = False
     chosen = best(reports)
     assert chosen is not None and chosen.variant == "fast"
@@ -165,15 +154,15 @@ def test_percentile_nearest_rank() -> None:
 def test_result_table_lists_the_source_then_each_variant() -> None:
     from shared.jobs import TABLE_COLUMNS, CompressResult
 
-    variant = report("int8", 2.5, -0.3)
+    variant = variant_report("int8", 2.5, -0.3)
     variant.registered = True
-    failed = report("tiny", 1.1, -9.0)
+    failed = variant_report("tiny", 1.1, -9.0)
     failed.passed = False
     result = CompressResult(
         job_id="j",
         source="m:1:base",
         version=1,
-        baseline=report("base", 1.0, 0.0),
+        baseline=variant_report("base", 1.0, 0.0),
         variants=[variant, failed],
         seconds=1.0,
         worker="w",

@@ -8,6 +8,7 @@ import redis
 from shared.errors import GateFailed, InvalidJob, JobExpired
 from shared.jobs import PipelineJob, VariantReport
 from shared.names import cancel_key, queue_keys, queues_for, transport_priority
+from tests.unit.compression_helpers import variant_report
 from workers.control import JobCancelled, cancellable, check_deadline, serves_inference
 from workers.pipeline import choose_variant
 
@@ -61,20 +62,8 @@ def test_cancellable_progress_stops_on_the_flag(redis_client: redis.Redis) -> No
 
 
 def _variant(name: str, passed: bool, speedup: float) -> VariantReport:
-    return VariantReport(
-        variant=name,
-        method="m",
-        size_bytes=10,
-        parameters=1,
-        accuracy=0.9,
-        latency_b1_p50_ms=1,
-        latency_b1_p95_ms=1,
-        latency_b32_p50_ms=1,
-        latency_b32_p95_ms=1,
-        speedup=speedup,
-        passed=passed,
-        notes=[] if passed else ["gate failed: speed-up 0.50x < 2.0x"],
-    )
+    notes = [] if passed else ["gate failed: speed-up 0.50x < 2.0x"]
+    return variant_report(name, speedup, passed=passed, notes=notes)
 
 
 def _job(**kw: object) -> PipelineJob:
