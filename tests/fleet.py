@@ -109,13 +109,22 @@ def register_cnn(settings: Settings, seed: int = 0, name: str | None = None) -> 
         num_classes=10,
         class_names=[f"c{i}" for i in range(10)],
     )
+    name = name or f"cnn-{uuid.uuid4().hex[:8]}"
+    return Registered(name, register_module(settings, module, manifest, name), module)
+
+
+def register_module(
+    settings: Settings, module: torch.nn.Module, manifest: Manifest, name: str
+) -> int:
+    """Store ``module``'s weights with ``manifest`` and register them as the base variant of
+    a new version of ``name``, exactly as training would; the version."""
     stored = ArtifactStore(settings.artifacts).put_model(module.state_dict(), manifest)
     registry = ModelRegistry(redis_client(settings))
-    name = name or f"cnn-{uuid.uuid4().hex[:8]}"
     version = registry.new_version(name)
-    record = VariantRecord(digest=stored.sha256, arch="cifar_cnn")
-    registry.register(name, version, "base", record)
-    return Registered(name, version, module)
+    registry.register(
+        name, version, "base", VariantRecord(digest=stored.sha256, arch=manifest.arch)
+    )
+    return version
 
 
 def until(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:

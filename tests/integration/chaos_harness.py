@@ -143,11 +143,9 @@ def register_chaos(settings: Settings, name: str | None = None, **arch_kwargs: i
     """Register a chaos_net (1x4x4 inputs, 2 classes) exactly as training would."""
     import torch
 
-    from shared.connection import redis_client
     from shared.manifest import Manifest
-    from shared.registry import ModelRegistry, VariantRecord
+    from tests.fleet import register_module
     from tests.integration import chaos_models  # noqa: F401  (registers chaos_net here too)
-    from workers.artifacts import ArtifactStore
     from workers.zoo import create_model
 
     torch.manual_seed(0)
@@ -160,11 +158,8 @@ def register_chaos(settings: Settings, name: str | None = None, **arch_kwargs: i
         num_classes=classes,
         class_names=[f"c{i}" for i in range(classes)],
     )
-    stored = ArtifactStore(settings.artifacts).put_model(module.state_dict(), manifest)
-    registry = ModelRegistry(redis_client(settings))
     name = name or f"chaos-{uuid.uuid4().hex[:8]}"
-    version = registry.new_version(name)
-    registry.register(name, version, "base", VariantRecord(digest=stored.sha256, arch="chaos_net"))
+    register_module(settings, module, manifest, name)
     return name
 
 

@@ -24,12 +24,10 @@ from kombu import Producer
 
 from producers.client import Client
 from producers.encoding import encode_array
-from shared.connection import redis_client
 from shared.manifest import Manifest
 from shared.names import TASK_COMPRESS, TASK_INFER, TASK_TRAIN
-from shared.registry import ModelRegistry, VariantRecord
 from shared.settings import Settings
-from tests.fleet import WorkerProcess
+from tests.fleet import WorkerProcess, register_module
 from workers.artifacts import ArtifactStore, sha256
 from workers.zoo import create_model
 
@@ -46,11 +44,8 @@ def register_tiny(settings: Settings, seed: int = 0) -> str:
         arch="mlp", arch_kwargs=TINY, input_shape=[1, 8, 8], num_classes=10,
         class_names=[str(i) for i in range(10)],
     )  # fmt: skip
-    stored = ArtifactStore(settings.artifacts).put_model(module.state_dict(), manifest)
-    registry = ModelRegistry(redis_client(settings))
     name = f"tiny-{uuid.uuid4().hex[:8]}"
-    version = registry.new_version(name)
-    registry.register(name, version, "base", VariantRecord(digest=stored.sha256, arch="mlp"))
+    register_module(settings, module, manifest, name)
     return name
 
 

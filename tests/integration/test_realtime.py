@@ -25,7 +25,7 @@ from shared.embedded import EmbeddedRedis, free_port
 from shared.manifest import Manifest
 from shared.registry import ModelRegistry, VariantRecord
 from shared.settings import Settings
-from tests.fleet import WorkerProcess
+from tests.fleet import WorkerProcess, register_module
 from tests.integration.test_infer import batch, expected_labels, register_cnn
 from workers.artifacts import ArtifactStore
 from workers.zoo import create_model
@@ -185,11 +185,8 @@ def slow_model(settings: Settings) -> str:
     torch.manual_seed(0)
     module = create_model("resnet18").eval()
     manifest = Manifest(arch="resnet18", input_shape=[3, 32, 32], num_classes=10)
-    stored = ArtifactStore(settings.artifacts).put_model(module.state_dict(), manifest)
-    registry = ModelRegistry(redis_client(settings))
     name = f"slow-{uuid.uuid4().hex[:8]}"
-    version = registry.new_version(name)
-    registry.register(name, version, "base", VariantRecord(digest=stored.sha256, arch="resnet18"))
+    register_module(settings, module, manifest, name)
     return name
 
 
