@@ -35,3 +35,14 @@ def settings(redis_server: EmbeddedRedis, tmp_path: Path) -> Settings:
 @pytest.fixture
 def registry(redis_client: redis.Redis) -> ModelRegistry:
     return ModelRegistry(redis_client)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread, and CI runs test files side by side."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -31,14 +30,7 @@ from workers.train.optim import build_optimizer, build_scheduler, lr_factor
 from workers.zoo.datasets import DatasetBundle
 from workers.zoo.models import create_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and CI runs test files side by side."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------ schedules
