@@ -135,12 +135,20 @@ def apply_shapes(module: nn.Module, shapes: dict[str, dict[str, Any]]) -> nn.Mod
 
 
 # ------------------------------------------------------------------ step handlers
-@register_step("prune_l1")
-def prune_l1_step(step: PruneL1Step, state: ModelState, env: StepEnv) -> ModelState:
+def _to_prune(
+    step: PruneL1Step | PruneGlobalStep, state: ModelState, env: StepEnv
+) -> tuple[nn.Module, list[tuple[str, nn.Module]]]:
+    """A float copy of the model and its layers that ``step`` may prune (an error if none)."""
     module = float_copy(state, step.method)
     layers = prunable_layers(module, env.num_classes, include_classifier=step.include_classifier)
     if not layers:
-        raise CompressionError("prune_l1: the model has no Conv or Linear layer to prune")
+        raise CompressionError(f"{step.method}: the model has no Conv or Linear layer to prune")
+    return module, layers
+
+
+@register_step("prune_l1")
+def prune_l1_step(step: PruneL1Step, state: ModelState, env: StepEnv) -> ModelState:
+    module, layers = _to_prune(step, state, env)
     for _, layer in layers:
         prune.l1_unstructured(layer, name="weight", amount=step.amount)
         prune.remove(layer, "weight")
@@ -149,10 +157,7 @@ def prune_l1_step(step: PruneL1Step, state: ModelState, env: StepEnv) -> ModelSt
 
 @register_step("prune_global")
 def prune_global_step(step: PruneGlobalStep, state: ModelState, env: StepEnv) -> ModelState:
-    module = float_copy(state, step.method)
-    layers = prunable_layers(module, env.num_classes, include_classifier=step.include_classifier)
-    if not layers:
-        raise CompressionError("prune_global: the model has no Conv or Linear layer to prune")
+    module, layers = _to_prune(step, state, env)
     params = [(layer, "weight") for _, layer in layers]
     prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=step.amount)
     for layer, name in params:

@@ -31,18 +31,17 @@ def cross_entropy(spec: LossSpec, num_classes: int) -> LossFn:
 @LOSSES.register("bce")
 def bce(spec: LossSpec, num_classes: int) -> LossFn:
     """One independent sigmoid per class against one-hot targets (BCE with logits)."""
-    criterion = nn.BCEWithLogitsLoss()
-
-    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return criterion(logits, one_hot_targets(targets, num_classes, spec.label_smoothing))
-
-    return loss
+    return _against_one_hot(nn.BCEWithLogitsLoss(), spec, num_classes)
 
 
 @LOSSES.register("mse")
 def mse(spec: LossSpec, num_classes: int) -> LossFn:
     """Squared error between the raw outputs and one-hot targets."""
-    criterion = nn.MSELoss()
+    return _against_one_hot(nn.MSELoss(), spec, num_classes)
+
+
+def _against_one_hot(criterion: nn.Module, spec: LossSpec, num_classes: int) -> LossFn:
+    """``criterion`` applied to the logits and the (smoothed) one-hot class targets."""
 
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return criterion(logits, one_hot_targets(targets, num_classes, spec.label_smoothing))
