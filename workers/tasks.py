@@ -179,10 +179,12 @@ def stored_input_key(payload: Any, job_id: str, max_bytes: int) -> str | None:
     """The key of the tensor bytes an infer payload keeps in Redis, checked before reading:
     only the job's own key, declaring no more than ``max_bytes``."""
     inputs = payload.get("inputs") if isinstance(payload, dict) else None
+    if not isinstance(inputs, dict) or "key" not in inputs:
+        return None  # inline (or not a tensor): nothing to read, nothing to validate twice
     try:
         tensor = TensorPayload.model_validate(inputs)
     except ValidationError:
-        return None  # not a stored tensor; validation says what is wrong, if anything
+        return None  # validation says what is wrong with it
     if tensor.key is None:
         return None
     if tensor.key != input_key(job_id):

@@ -121,6 +121,8 @@ def test_a_job_reads_only_its_own_stored_inputs_within_the_size_limit() -> None:
     inline = {"model": "m", "inputs": {"shape": [1], "data": "AAAAAA=="}}
     assert stored_input_key(inline, "j1", 1) is None
     assert stored_input_key({"inputs": "junk"}, "j1", 100) is None  # validation will say why
+    explicit_none = {"inputs": {"shape": [1], "data": "AAAAAA==", "key": None}}
+    assert stored_input_key(explicit_none, "j1", 1) is None
     with pytest.raises(InvalidJob, match="only its own stored inputs"):
         stored_input_key(payload("torchfleet:input:j2", [1]), "j1", 100)
     with pytest.raises(InvalidJob, match="max_payload_bytes=100"):
