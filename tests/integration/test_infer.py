@@ -167,3 +167,12 @@ def test_stored_inputs_missing_or_of_another_job_are_clear_errors(
     state = client.wait_state(thief, timeout=60)
     assert (state.status, state.error_code) == ("FAILURE", "invalid_job")
     assert "only its own stored inputs" in (state.error or "")
+
+    huge = uuid.uuid4().hex  # declares 1.2 GB: refused before anything is read
+    payload = TensorPayload(shape=[100_000, 3, 32, 32], key=input_key(huge))
+    state = client.wait_state(client.submit_infer(cnn.name, payload, job_id=huge), timeout=60)
+    assert (state.status, state.error_code) == ("FAILURE", "invalid_job")
+    assert "max_payload_bytes" in (state.error or "")
+
+    healthy = client.wait(client.submit_infer(cnn.name, batch(2)), timeout=60)
+    assert len(healthy["predictions"]) == 2  # the worker kept serving
