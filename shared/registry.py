@@ -105,16 +105,15 @@ class ModelRegistry:
             )
         return VariantRecord.model_validate_json(raw)
 
-    def resolve(self, ref: str | ModelRef) -> Resolved:
+    def resolve(self, ref: str | ModelRef, raw: Mapping[Any, Any] | None = None) -> Resolved:
         """Resolve ``name``, ``name:version``, ``name@alias``, each with an optional variant.
 
-        A bare name means its ``production`` alias if set, else the latest version.
+        A bare name means its ``production`` alias if set, else the latest version. ``raw``:
+        the model's registry hash if the caller read it already (``HGETALL``, in a pipeline).
         """
         parsed = ModelRef.parse(ref) if isinstance(ref, str) else ref
-        return self.resolve_fields(parsed, self.client.hgetall(model_key(parsed.name)))
-
-    def resolve_fields(self, parsed: ModelRef, raw: Mapping[Any, Any]) -> Resolved:
-        """:meth:`resolve` over the model's registry hash, read already (``HGETALL``)."""
+        if raw is None:
+            raw = self.client.hgetall(model_key(parsed.name))
         fields = _decoded(parsed.name, raw)
         version, variant = self._pick(parsed, fields)
         record = fields.get(f"variant:{version}:{variant}")

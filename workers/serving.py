@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from shared.errors import JobExpired, TorchfleetError
-from shared.jobs import InferJob, InferResult, Latency, ModelRef
+from shared.jobs import InferJob, InferResult, Latency
 from workers import metrics
 from workers.devices import describe
 from workers.inference import accuracy, decode_inputs, top_k
@@ -91,11 +91,7 @@ def _serve(
     if job.deadline is not None and received > job.deadline:
         raise JobExpired(f"job {job_id} reached the worker after its deadline; not computed")
     with rt.batcher.slot() as slot:
-        ref = ModelRef.parse(job.model)
-        if registry_fields is None:
-            resolved = rt.registry.resolve(ref)
-        else:
-            resolved = rt.registry.resolve_fields(ref, registry_fields)
+        resolved = rt.registry.resolve(job.model, registry_fields)
         model, cache_hit, load_ms = rt.cache.get(resolved.record.digest, job.backend)
         decode_start = time.perf_counter()
         batch = decode_inputs(

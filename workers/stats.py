@@ -1,7 +1,7 @@
 """One compact record per finished job, appended to a capped Redis stream.
 
 Records leave the job's own path: the worker's :class:`~workers.writebehind.WriteBehind`
-thread appends them, many per round trip, a few milliseconds after the job's answer.
+thread appends them, many per round trip, a few tens of milliseconds after the answer.
 """
 
 from __future__ import annotations
