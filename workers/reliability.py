@@ -210,6 +210,7 @@ def admit(
         pipe.hincrby(key, "delivered", 1)
         pipe.hincrby(key, "executed", 1)  # the common case; undone below where it did not run
         pipe.expire(key, ttl)
+        own = len(pipe)  # the replies to the caller's reads come after these
         for read in reads:
             read(pipe)
         replies = pipe.execute()
@@ -231,7 +232,7 @@ def admit(
             f"job {request.id} {entry.reason}; it is in the dead-letter list: inspect it with "
             "`torchfleet deadletter list`, requeue it with `torchfleet deadletter requeue`"
         )
-    return Admission(replies=replies[4:])
+    return Admission(replies=replies[own:])
 
 
 def _succeeded(raw: bytes | str | None) -> dict[str, Any] | None:
