@@ -231,7 +231,7 @@ class Client:
 
     def group_results(self, group_id: str) -> GroupSummary:
         """Aggregate a group now: progress, outcomes, accuracy and latency percentiles."""
-        from producers.aggregate import member_from_meta, summarize_group
+        from shared.stats import member_from_meta, summarize_group
 
         metas = read_metas(self.app, self.group_members(group_id))
         return summarize_group(group_id, [member_from_meta(m) for m in metas])
@@ -388,7 +388,7 @@ class Client:
         self, *, since_s: float | None = None, model: str | None = None
     ) -> list[dict[str, Any]]:
         """Records of the stats stream from ``since_s`` seconds ago (all kept if None)."""
-        from producers.aggregate import decode_record
+        from shared.stats import decode_record
 
         start = f"{int((time.time() - since_s) * 1000)}-0" if since_s is not None else "-"
         records: list[dict[str, Any]] = []
@@ -409,7 +409,7 @@ class Client:
         self, *, since_s: float | None = None, model: str | None = None
     ) -> list[dict[str, Any]]:
         """Count, error rate, throughput and latency percentiles by model/variant/device/worker."""
-        from producers.aggregate import group_stats
+        from shared.stats import group_stats
 
         return group_stats(self.stats_records(since_s=since_s, model=model), window_s=since_s)
 

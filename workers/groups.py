@@ -7,9 +7,9 @@ from typing import Any
 
 from celery import Task
 
-from producers.aggregate import member_from_meta, summarize_group
 from shared.errors import InvalidJob
 from shared.names import KEY_GROUP_SUMMARY, TASK_AGGREGATE, group_key
+from shared.stats import member_from_meta, summarize_group
 from workers.runtime import get_runtime
 from workers.tasks import app
 

@@ -38,6 +38,7 @@ from shared.names import (
     input_key,
     model_key,
 )
+from shared.stats import append_record, infer_fields, stats_entry
 from workers.context import JobContext
 from workers.control import JobCancelled, cancellable, check_deadline, end_cancelled, poke_heartbeat
 from workers.reliability import (
@@ -49,7 +50,6 @@ from workers.reliability import (
     request_replacement,
 )
 from workers.runtime import Runtime, get_runtime
-from workers.stats import append_record, infer_fields, stats_entry
 
 app = create_app()
 log = logging.getLogger("torchfleet.worker")

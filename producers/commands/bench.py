@@ -39,7 +39,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shared.percentiles import nearest_rank as percentile
+from shared.stats import percentile
 
 ARMS = ("floor", "celery_noop", "naive", "fleet_batched", "fleet_unbatched", "fleet_cold")
 MODELS = ("mlp", "cifar_cnn", "resnet18")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from producers.aggregate import DEFAULT_GROUP_BY, group_stats, parse_since
+from shared.stats import DEFAULT_GROUP_BY, group_stats, parse_since
 
 
 def register(app: typer.Typer) -> None:

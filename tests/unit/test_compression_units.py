@@ -144,10 +144,10 @@ def test_gates_and_the_best_variant() -> None:
     assert best([reports[2]]) is None
 
 
-def test_percentile_nearest_rank() -> None:
+def test_percentile_interpolates_between_ranks() -> None:
     values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 50) == 50.0
-    assert percentile(values, 95) == 95.0
+    assert percentile(values, 50) == 50.5
+    assert percentile(values, 95) == pytest.approx(95.05)
     assert percentile([3.0], 95) == 3.0
 
 
