@@ -251,19 +251,14 @@ def worker(
     unknown = set(queues.split(",")) - set(ALL_QUEUES)
     if unknown:
         fail(EXIT_INPUT, f"unknown queue(s) {sorted(unknown)}; known: {', '.join(ALL_QUEUES)}")
-    from workers.runtime import configure, effective_settings, start_runtime
-    from workers.signals import check_security
-
-    configure(device=device, batching=batching)
-    from workers.tasks import app as celery_app
+    from workers.main import prepare_worker, run_worker
 
     hostname = name or f"torchfleet-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"
     try:  # here, not in a Celery signal (which would log and swallow the error)
-        check_security(effective_settings())
-        start_runtime(worker=hostname)
+        prepare_worker(hostname, device=device, batching=batching)
     except (TorchfleetError, RedisConnectionError) as e:
         fail(EXIT_INPUT if isinstance(e, InputError) else EXIT_UNREACHABLE, str(e))
-    celery_app.worker_main(
+    run_worker(
         [
             "worker", "--queues", queues, "--pool", "threads", "--concurrency", str(concurrency),
             "--hostname", hostname, "--loglevel", loglevel, "--without-gossip", "--without-mingle",

@@ -27,12 +27,11 @@ from shared.celery_app import create_app
 from shared.connection import redis_client
 from shared.errors import InputError, InvalidJob, JobFailed, JobTimeout, TorchfleetError
 from shared.jobs import (
-    CompressJob,
+    AnyJob,
     GroupSummary,
     InferJob,
     JobGroup,
     PipelineJob,
-    TrainJob,
     describe_errors,
     parse_job,
 )
@@ -71,7 +70,6 @@ FINISHED = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 POLL_START_S = 0.002
 POLL_MAX_S = 0.25
 
-AnyJob = TrainJob | CompressJob | InferJob | PipelineJob
 STATS_PAGE = 10_000
 
 

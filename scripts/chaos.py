@@ -35,6 +35,7 @@ import numpy as np
 import redis
 
 from producers.client import Client
+from shared.deadletter import list_dead_letters
 from shared.names import KEY_STATS
 from tests.fleet import WorkerProcess
 from tests.integration.chaos_harness import (
@@ -50,7 +51,6 @@ from tests.integration.chaos_harness import (
     register_cnn,
 )
 from tests.integration.chaos_models import MODE_HOLD, MODE_KILL
-from workers.reliability import list_dead_letters
 
 FAULTS = (
     "kill_mid_job",
@@ -161,7 +161,7 @@ class QueueCheck:
     def settled(self, started: float) -> float:
         """Seconds from ``started`` until every job accepted so far (but poison) finished.
 
-        Jobs the transport dropped (see workers.reliability.orphaned) are resubmitted under
+        Jobs the transport dropped (see shared.deadletter.orphaned) are resubmitted under
         their own id, as a careful producer does, and counted.
         """
         ids = [j for j in self.accepted if j not in self.poisoned]

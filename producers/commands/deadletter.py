@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from workers.reliability import DeadLetter, list_dead_letters, requeue
+from shared.deadletter import DeadLetter, list_dead_letters, requeue
 
 deadletter_app = typer.Typer(help="Jobs parked after max_deliveries: list them, requeue them.")
 

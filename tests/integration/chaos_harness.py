@@ -217,10 +217,10 @@ def drain_reconciled(
 
     What a careful producer does: a job with no result, in no queue and unacknowledged
     nowhere for ``orphan_after_s`` was dropped by the transport (see
-    :func:`workers.reliability.orphaned`). Returns the states and the ids resubmitted.
+    :func:`shared.deadletter.orphaned`). Returns the states and the ids resubmitted.
     """
+    from shared.deadletter import orphaned
     from shared.names import ALL_QUEUES, DEVICE_KINDS, device_queue
-    from workers.reliability import orphaned
 
     ids = list(dict.fromkeys(job_ids))
     queues = [*ALL_QUEUES, *(device_queue(q, d) for d in DEVICE_KINDS for q in ALL_QUEUES)]
@@ -250,7 +250,7 @@ def wait_status(client: Client, job_id: str, statuses: set[str], timeout: float 
 
 def counts(client: Client, job_ids: Iterable[str]) -> dict[str, dict[str, int]]:
     """Deliveries and executions per job (the worker's ``deliveries:{id}`` hashes)."""
-    from workers.reliability import delivery_counts
+    from shared.deadletter import delivery_counts
 
     return {job_id: delivery_counts(client.redis, job_id) for job_id in job_ids}
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from celery import Task, chain
+from celery import chain
 
 from shared.errors import GateFailed, InputError, InvalidJob, ModelNotFound, TransientError
 from shared.jobs import (
@@ -34,8 +34,6 @@ from shared.jobs import (
 )
 from shared.names import (
     CONTROL_WARM,
-    KEY_PIPELINE,
-    KEY_WORKER,
     QUEUE_INFER,
     TASK_PIPELINE,
     TASK_PIPELINE_COMPRESS,
@@ -44,17 +42,22 @@ from shared.names import (
     TASK_PIPELINE_TRAIN,
     TASK_PIPELINE_WARM,
     TASK_QUEUES,
+    WORKER_KEYS,
     device_queue,
+    pipeline_key,
 )
+from workers.admission import Admission
+from workers.app import FleetTask, app
+from workers.compression.variants import best
 from workers.context import JobContext
-from workers.control import JobCancelled, cancellable, is_cancelled
+from workers.control import JobCancelled, is_cancelled
+from workers.jobs import compression, training
 from workers.runtime import Runtime, get_runtime
-from workers.tasks import MAX_RETRIES, Arrival, _record, app, backoff_s, run_job
 
 log = logging.getLogger("torchfleet.worker")
 
 WARM_TIMEOUT_S = 30.0
-StageFn = Callable[[PipelineJob, PipelineResult, Runtime, Task], dict[str, Any]]
+StageFn = Callable[[PipelineJob, PipelineResult, Runtime, "StageTask"], dict[str, Any]]
 STAGES: tuple[tuple[PipelineStage, str], ...] = (
     ("train", TASK_PIPELINE_TRAIN),
     ("compress", TASK_PIPELINE_COMPRESS),
@@ -81,7 +84,7 @@ def stage_chain(job: PipelineJob, job_id: str, report: PipelineResult) -> Any:
     return chain(*signatures)
 
 
-def start(job: PipelineJob, rt: Runtime, task: Task, _: Arrival) -> dict[str, Any]:
+def start(job: PipelineJob, rt: Runtime, task: FleetTask, _: Admission) -> dict[str, Any]:
     """Check what can be checked before any work, then hand over to the chain."""
     report = PipelineResult(job_id=task.request.id, model=job.model_name, alias=job.promote)
     if job.source is not None:
@@ -94,42 +97,69 @@ def start(job: PipelineJob, rt: Runtime, task: Task, _: Arrival) -> dict[str, An
     raise task.replace(stage_chain(job, task.request.id, report))
 
 
-@app.task(name=TASK_PIPELINE, bind=True, throws=(InputError,))
-def pipeline(self: Task, payload: Any) -> dict[str, Any]:
-    return run_job(self, payload, "pipeline", start)
+@app.task(name=TASK_PIPELINE, bind=True, base=FleetTask, kind="pipeline")
+def pipeline(self: FleetTask, payload: Any) -> dict[str, Any]:
+    return self.run_job(payload, start)
 
 
 # ------------------------------------------------------------------ running one stage
-def run_stage(task: Task, stage: PipelineStage, report_json: Any, payload: Any, fn: StageFn) -> Any:
-    """Run ``fn`` unless an earlier stage stopped the pipeline; append its report."""
-    report = PipelineResult.model_validate(report_json)
-    job = PipelineJob.model_validate(payload)
-    rt = get_runtime()
-    if report.status != "running":
-        report.stages.append(StageReport(stage=stage, status="skipped"))
-        return _finish(rt, report) if stage == STAGES[-1][0] else report.model_dump(mode="json")
-    started = time.perf_counter()
-    try:
-        if is_cancelled(rt.client, report.job_id):
-            raise JobCancelled(f"pipeline {report.job_id} was cancelled")
-        detail = fn(job, report, rt, task)
-        entry = StageReport(stage=stage, status="done", detail=detail)
-    except TransientError as e:
-        raise task.retry(
-            exc=e, countdown=backoff_s(task.request.retries), max_retries=MAX_RETRIES
-        ) from e
-    except (InputError, JobCancelled) as e:
-        entry = _failed(report, stage, e.code, str(e))
-        report.status = "gate_failed" if isinstance(e, GateFailed) else "failed"
-    except Exception as e:  # a crashed stage must still end the pipeline with a report
-        log.exception("pipeline %s: stage %s crashed", report.job_id, stage)
-        entry = _failed(report, stage, "error", f"{type(e).__name__}: {e}")
-        report.status = "failed"
-    entry.seconds = round(time.perf_counter() - started, 3)
-    report.seconds = round(report.seconds + entry.seconds, 3)
-    report.stages.append(entry)
-    if stage == STAGES[-1][0]:
-        return _finish(rt, report)
+class StageTask(FleetTask):
+    """A link of the pipeline's chain: runs one stage under the fleet's policy, and turns a
+    failure into the report's verdict so that the chain always ends with a report."""
+
+    kind = "pipeline"
+
+    def run_stage(self, stage: PipelineStage, report_json: Any, payload: Any, fn: StageFn) -> Any:
+        """Run ``fn`` unless an earlier stage stopped the pipeline; append its report."""
+        report = PipelineResult.model_validate(report_json)
+        job = PipelineJob.model_validate(payload)
+        rt = get_runtime()
+        if report.status != "running":
+            report.stages.append(StageReport(stage=stage, status="skipped"))
+            return self.finish(rt, report) if stage == STAGES[-1][0] else _dump(report)
+        started = time.perf_counter()
+        try:
+            if is_cancelled(rt.client, report.job_id):
+                raise JobCancelled(f"pipeline {report.job_id} was cancelled")
+            detail = fn(job, report, rt, self)
+            entry = StageReport(stage=stage, status="done", detail=detail)
+        except TransientError as e:
+            self.retry_later(e)
+        except (InputError, JobCancelled) as e:
+            entry = _failed(report, stage, e.code, str(e))
+            report.status = "gate_failed" if isinstance(e, GateFailed) else "failed"
+        except Exception as e:  # a crashed stage must still end the pipeline with a report
+            code = "device_fault" if self.is_fault(rt, e) else "error"
+            log.exception("pipeline %s: stage %s crashed", report.job_id, stage)
+            entry = _failed(report, stage, code, f"{type(e).__name__}: {e}")
+            report.status = "failed"
+        entry.seconds = round(time.perf_counter() - started, 3)
+        report.seconds = round(report.seconds + entry.seconds, 3)
+        report.stages.append(entry)
+        return self.finish(rt, report) if stage == STAGES[-1][0] else _dump(report)
+
+    def finish(self, rt: Runtime, report: PipelineResult) -> dict[str, Any]:
+        """Close the report, keep it under ``torchfleet:pipeline:{id}``, record the outcome."""
+        if report.status == "running":
+            report.status = "promoted"
+        document = _dump(report)
+        rt.client.set(
+            pipeline_key(report.job_id), json.dumps(document), ex=rt.settings.result_ttl_s
+        )
+        started = time.perf_counter() - report.seconds
+        self.record(rt, report.job_id, report.status, started, model=report.model)
+        return document
+
+    def stage_context(self, rt: Runtime, job_id: str, stage: str) -> JobContext:
+        """A stage's context: progress shown on the pipeline's own id, which it may cancel."""
+
+        def progress(meta: dict[str, Any]) -> None:
+            self.backend.store_result(job_id, {"stage": stage, **meta}, "PROGRESS")
+
+        return self.context(rt, f"{job_id}-{stage}", progress, job_id)
+
+
+def _dump(report: PipelineResult) -> dict[str, Any]:
     return report.model_dump(mode="json")
 
 
@@ -138,49 +168,14 @@ def _failed(report: PipelineResult, stage: PipelineStage, code: str, message: st
     return StageReport(stage=stage, status="failed", error_code=code, error=message)
 
 
-def _finish(rt: Runtime, report: PipelineResult) -> dict[str, Any]:
-    """Close the report, keep it under ``torchfleet:pipeline:{id}``, and record the outcome."""
-    if report.status == "running":
-        report.status = "promoted"
-    document = report.model_dump(mode="json")
-    rt.client.set(
-        f"{KEY_PIPELINE}{report.job_id}", json.dumps(document), ex=rt.settings.result_ttl_s
-    )
-    started = time.perf_counter() - report.seconds
-    _record(rt, "pipeline", report.job_id, report.status, started, model=report.model)
-    return document
-
-
-def _progress(task: Task, rt: Runtime, job_id: str, stage: str) -> Callable[[dict[str, Any]], None]:
-    """Progress of a stage, shown on the pipeline's own id; checks the cancel flag too."""
-
-    def report(meta: dict[str, Any]) -> None:
-        task.backend.store_result(job_id, {"stage": stage, **meta}, "PROGRESS")
-
-    return cancellable(report, rt.client, job_id)
-
-
-def _context(task: Task, rt: Runtime, job_id: str, stage: str) -> JobContext:
-    return JobContext(
-        job_id=f"{job_id}-{stage}",
-        device=rt.device,
-        worker=rt.worker,
-        store=rt.store,
-        registry=rt.registry,
-        settings=rt.settings,
-        progress=_progress(task, rt, job_id, stage),
-    )
-
-
 # ------------------------------------------------------------------ the stages
 def train_stage(
-    job: PipelineJob, report: PipelineResult, rt: Runtime, task: Task
+    job: PipelineJob, report: PipelineResult, rt: Runtime, task: StageTask
 ) -> dict[str, Any]:
-    from workers.training import execute
-
     if job.train is None:
         raise InvalidJob("the pipeline has no train stage")
-    result: TrainResult = execute(job.train, _context(task, rt, report.job_id, "train"))
+    ctx = task.stage_context(rt, report.job_id, "train")
+    result: TrainResult = training.execute(job.train, ctx)
     report.train, report.version = result, result.version
     return {
         "ref": f"{result.model}:{result.version}",
@@ -190,10 +185,8 @@ def train_stage(
 
 
 def compress_stage(
-    job: PipelineJob, report: PipelineResult, rt: Runtime, task: Task
+    job: PipelineJob, report: PipelineResult, rt: Runtime, task: StageTask
 ) -> dict[str, Any]:
-    from workers.compression import execute
-
     source = f"{report.model}:{report.version}" if report.version else str(job.source)
     compress_job = CompressJob(
         source=source,
@@ -204,7 +197,8 @@ def compress_stage(
         latency_iters=job.latency_iters,
         warmup_iters=job.warmup_iters,
     )
-    result: CompressResult = execute(compress_job, _context(task, rt, report.job_id, "compress"))
+    ctx = task.stage_context(rt, report.job_id, "compress")
+    result: CompressResult = compression.execute(compress_job, ctx)
     report.compress, report.version = result, result.version
     return {"source": result.source, "variants": [v.variant for v in result.variants]}
 
@@ -214,8 +208,6 @@ def choose_variant(job: PipelineJob, variants: list[VariantReport]) -> VariantRe
 
     Raises :class:`GateFailed` with every variant's reasons when there is none to promote.
     """
-    from workers.compression.pipeline import best
-
     failed = {v.variant: [n for n in v.notes if n.startswith("gate failed")] for v in variants}
     if job.variant is not None:
         named = [v for v in variants if v.variant == job.variant]
@@ -234,7 +226,9 @@ def choose_variant(job: PipelineJob, variants: list[VariantReport]) -> VariantRe
     return chosen
 
 
-def gate_stage(job: PipelineJob, report: PipelineResult, rt: Runtime, task: Task) -> dict[str, Any]:
+def gate_stage(
+    job: PipelineJob, report: PipelineResult, rt: Runtime, task: StageTask
+) -> dict[str, Any]:
     if report.compress is None:
         raise InvalidJob("the gate stage has no compression result to judge")
     chosen = choose_variant(job, report.compress.variants)
@@ -248,7 +242,7 @@ def gate_stage(job: PipelineJob, report: PipelineResult, rt: Runtime, task: Task
 
 
 def promote_stage(
-    job: PipelineJob, report: PipelineResult, rt: Runtime, task: Task
+    job: PipelineJob, report: PipelineResult, rt: Runtime, task: StageTask
 ) -> dict[str, Any]:
     chosen = _stage_detail(report, "gate")["chosen"]
     if report.version is None:
@@ -267,7 +261,9 @@ def promote_stage(
     }
 
 
-def warm_stage(job: PipelineJob, report: PipelineResult, rt: Runtime, task: Task) -> dict[str, Any]:
+def warm_stage(
+    job: PipelineJob, report: PipelineResult, rt: Runtime, task: StageTask
+) -> dict[str, Any]:
     if not job.warm or report.promoted is None or report.version is None:
         return {"warm": False}
     variant = report.promoted.rsplit(":", 1)[1]
@@ -293,7 +289,7 @@ def warm_stage(job: PipelineJob, report: PipelineResult, rt: Runtime, task: Task
 def inference_workers(rt: Runtime) -> list[str]:
     """Live workers (by heartbeat) that consume an inference queue."""
     names = []
-    for key in rt.client.scan_iter(match=f"{KEY_WORKER}*", count=500):
+    for key in rt.client.scan_iter(match=WORKER_KEYS, count=500):
         raw = rt.client.get(key)
         if raw:
             record = json.loads(raw)
@@ -318,14 +314,15 @@ STAGE_FUNCTIONS: dict[PipelineStage, StageFn] = {
 }
 
 
-def _stage_task(stage: PipelineStage, task_name: str) -> Task:
+def _stage_task(stage: PipelineStage, task_name: str) -> StageTask:
     """The Celery task of one stage (a link of the pipeline's chain)."""
 
-    def run(self: Task, report: Any, payload: Any) -> Any:
-        return run_stage(self, stage, report, payload, STAGE_FUNCTIONS[stage])
+    def run(self: StageTask, report: Any, payload: Any) -> Any:
+        return self.run_stage(stage, report, payload, STAGE_FUNCTIONS[stage])
 
     run.__name__ = run.__qualname__ = f"{stage}_stage_task"
-    return app.task(name=task_name, bind=True)(run)
+    task: StageTask = app.task(name=task_name, bind=True, base=StageTask)(run)
+    return task
 
 
 STAGE_TASKS = {stage: _stage_task(stage, task_name) for stage, task_name in STAGES}

@@ -1,201 +1,57 @@
 """Training jobs: ``execute(job, ctx)`` trains, checkpoints every epoch, registers the best epoch.
 
-The pieces (loaders, optimizers, schedules, losses, initialisation, the epoch loop) live in
-``workers.train``; this module wires them to a :class:`JobContext`: the artifact store for
-checkpoints and weights, the registry for versions and aliases, the progress callback.
+The pieces (loaders, optimizers, schedules, losses, initialisation, the epoch loop, the run
+state) live in ``workers.train``; this module wires them to a :class:`JobContext`: the
+artifact store for checkpoints and weights, the registry for versions and aliases, the
+progress callback.
 
 A job that finds a checkpoint under its id (a redelivery after its worker died) resumes
-after the last finished epoch. Each epoch reseeds from ``(seed, epoch)``, so a resumed run
-follows the same path as one that was never interrupted.
+after the last finished epoch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
-import random
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import redis
 import torch
-from torch import nn
 
-from shared.errors import BrokerUnavailable, InvalidJob, ResourceExhausted, TrainingDiverged
-from shared.jobs import EpochRecord, Scalar, TrainJob, TrainResult
+from shared.errors import BrokerUnavailable, ResourceExhausted
+from shared.jobs import Scalar, TrainJob, TrainResult
 from shared.manifest import Manifest
 from shared.registry import BASE_VARIANT, VariantRecord
 from workers.context import JobContext
 from workers.modelio import count_parameters
 from workers.train.checkpoint import (
-    Tensors,
     optimizer_from_flat,
     optimizer_to_flat,
     prefixed,
     unprefixed,
 )
 from workers.train.data import Loader, build_loaders, check_batch_size
-from workers.train.init import init_weights
 from workers.train.loop import (
     EarlyStopping,
     ProgressReporter,
     TrainParts,
-    amp_dtype_for,
-    evaluate,
-    make_scaler,
-    train_epoch,
 )
-from workers.train.losses import build_loss
-from workers.train.optim import build_optimizer, build_scheduler
+from workers.train.run import (
+    RunState,
+    build_model,
+    build_parts,
+    reseed_epoch,
+    run_epoch,
+    seed_everything,
+)
 from workers.zoo.datasets import DatasetBundle, load_dataset
-from workers.zoo.models import create_model
-
-__all__ = [
-    "RunState",
-    "build_model",
-    "build_parts",
-    "execute",
-    "fit",
-    "run_epoch",
-    "seed_everything",
-]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 MODEL_PREFIX = "model."
 BEST_PREFIX = "best."
-
-
-# ------------------------------------------------------------------ seeding
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) from one number."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed % 2**63)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch: depends on nothing but the job's seed and the epoch number."""
-    return (seed * 1_000_003 + epoch) % 2**63
-
-
-def reseed_epoch(seed: int, epoch: int, shuffle: torch.Generator) -> None:
-    """Fix the shuffle order and every random draw (augmentation, dropout) of one epoch."""
-    torch.manual_seed(epoch_seed(seed, epoch))
-    shuffle.manual_seed(epoch_seed(seed, epoch) + 1)
-
-
-# ------------------------------------------------------------------ building
-def build_model(job: TrainJob, bundle: DatasetBundle) -> tuple[nn.Module, dict[str, Scalar]]:
-    """The architecture sized by the dataset (the job's ``arch_kwargs`` win), initialised.
-
-    One sample goes through it first, so an architecture that does not fit the input is an
-    :class:`InvalidJob` before any training starts.
-    """
-    channels, size, _ = bundle.input_shape
-    arch_kwargs: dict[str, Scalar] = {
-        "num_classes": bundle.num_classes,
-        "in_channels": channels,
-        "image_size": size,
-        **job.arch_kwargs,
-    }
-    model = create_model(job.arch, **arch_kwargs)
-    init_weights(model, job.init)
-    check_fits(model, bundle, job.arch)
-    return model, arch_kwargs
-
-
-def check_fits(model: nn.Module, bundle: DatasetBundle, arch: str) -> None:
-    """A dry forward pass of one training sample; wrong shapes become :class:`InvalidJob`."""
-    sample = bundle.train[0][0].unsqueeze(0)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(sample)
-    except (RuntimeError, ValueError) as e:
-        raise InvalidJob(
-            f"architecture {arch!r} does not fit inputs of shape {list(sample.shape[1:])}: {e}"
-        ) from e
-    finally:
-        model.train(was_training)
-    if tuple(out.shape) != (1, bundle.num_classes):
-        raise InvalidJob(
-            f"architecture {arch!r} gives outputs of shape {list(out.shape[1:])} for a "
-            f"{bundle.num_classes}-class dataset; leave num_classes out of arch_kwargs"
-        )
-
-
-def build_parts(
-    job: TrainJob, model: nn.Module, num_classes: int, steps_per_epoch: int, device: torch.device
-) -> TrainParts:
-    """Optimizer, schedule, loss, mixed precision and step options for ``model`` on ``device``."""
-    optimizer = build_optimizer(model, job.optimizer)
-    amp_dtype = amp_dtype_for(device, job.amp)
-    return TrainParts(
-        model=model,
-        optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, job.schedule, steps_per_epoch, job.epochs),
-        loss_fn=build_loss(job.loss, num_classes),
-        scaler=make_scaler(amp_dtype),
-        device=device,
-        amp_dtype=amp_dtype,
-        l2_penalty=job.optimizer.l2_penalty,
-        grad_clip=job.grad_clip,
-        augment=job.augment,
-    )
-
-
-# ------------------------------------------------------------------ run state
-@dataclass
-class RunState:
-    """What a run knows after each epoch: the history, the best epoch and its weights."""
-
-    stopper: EarlyStopping | None = None
-    history: list[EpochRecord] = field(default_factory=list)
-    best_epoch: int = 0
-    best_val_accuracy: float = -1.0
-    best_weights: Tensors = field(default_factory=dict)
-    stopped_early: bool = False
-    version: int | None = None  # reserved in the registry; a redelivery re-uses it
-
-    @property
-    def epoch(self) -> int:
-        """Epochs finished so far."""
-        return len(self.history)
-
-    def add(self, record: EpochRecord, model: nn.Module) -> None:
-        """Record one epoch; keep the weights if its validation accuracy is the best yet."""
-        self.history.append(record)
-        if record.val_accuracy > self.best_val_accuracy:
-            self.best_epoch, self.best_val_accuracy = record.epoch, record.val_accuracy
-            self.best_weights = prefixed(model.state_dict(), "")
-        if self.stopper is not None:
-            self.stopped_early = self.stopper.update(record.val_loss)
-
-    def meta(self) -> dict[str, Any]:
-        return {
-            "history": [r.model_dump(mode="json") for r in self.history],
-            "best_epoch": self.best_epoch,
-            "best_val_accuracy": self.best_val_accuracy,
-            "early_stopping": asdict(self.stopper) if self.stopper else None,
-            "stopped_early": self.stopped_early,
-            "version": self.version,
-        }
-
-    def restore(self, meta: dict[str, Any], best_weights: Tensors) -> None:
-        self.history = [EpochRecord.model_validate(r) for r in meta["history"]]
-        self.best_epoch = meta["best_epoch"]
-        self.best_val_accuracy = meta["best_val_accuracy"]
-        self.best_weights = best_weights
-        if self.stopper is not None and meta["early_stopping"]:
-            self.stopper = EarlyStopping(**meta["early_stopping"])
-        self.stopped_early = meta["stopped_early"]
-        self.version = meta["version"]
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -242,34 +98,6 @@ def resume(ctx: JobContext, job: TrainJob, parts: TrainParts, run: RunState) -> 
     run.restore(meta, unprefixed(tensors, BEST_PREFIX))
     log.info("job %s: resuming after epoch %d", ctx.job_id, run.epoch)
     return run.epoch
-
-
-# ------------------------------------------------------------------ training
-def run_epoch(
-    parts: TrainParts, train: Loader, val: Loader, epoch: int, reporter: ProgressReporter
-) -> EpochRecord:
-    """Train one epoch, then validate; the record that goes into the history."""
-    started = time.perf_counter()
-
-    def report(step: int, loss: float, accuracy: float) -> None:
-        reporter.step(epoch, step, loss, accuracy)
-
-    stats = train_epoch(parts, train, epoch, report)
-    val_loss, val_accuracy = evaluate(parts, val)
-    if not math.isfinite(val_loss):
-        raise TrainingDiverged(
-            f"the loss became {val_loss} on the validation set at epoch {epoch}, step "
-            f"{len(train)} (the epoch's last); lower the learning rate or clip gradients"
-        )
-    return EpochRecord(
-        epoch=epoch,
-        train_loss=stats.loss,
-        train_accuracy=stats.accuracy,
-        val_loss=val_loss,
-        val_accuracy=val_accuracy,
-        lr=stats.lr,
-        seconds=time.perf_counter() - started,
-    )
 
 
 def fit(

@@ -29,7 +29,8 @@ from shared.errors import (
 )
 from shared.jobs import CompressJob, CompressResult, CompressStep, VariantReport
 from shared.manifest import Manifest
-from shared.registry import BASE_VARIANT, Resolved, VariantRecord
+from shared.registry import Resolved, VariantRecord
+from workers.compression import METHODS
 from workers.compression.evaluation import (
     Candidate,
     Percentiles,
@@ -41,25 +42,12 @@ from workers.compression.evaluation import (
     stored_tensors,
 )
 from workers.compression.pruning import sparsity
-from workers.compression.steps import STEPS, ModelState, Sample, StepEnv, is_quantized
+from workers.compression.steps import ModelState, Sample, StepEnv, is_quantized
+from workers.compression.variants import best, gate, planned_variants
 from workers.context import JobContext
 from workers.modelio import Tensors, build_module
 from workers.zoo.datasets import DatasetBundle, load_dataset
 
-TAGS = {
-    "quantize_dynamic": "int8dyn",
-    "quantize_static": "int8",
-    "prune_l1": "l1",
-    "prune_global": "gl1",
-    "prune_structured": "pruned",
-    "finetune": "ft",
-    "distill": "student",
-    "export_torchscript": "ts",
-    "export_pt2": "pt2",
-    "export_onnx": "onnx",
-    "cast": "half",
-}
-MAX_NAME = 64
 ROUND_TRIP_ATOL = 1e-4
 
 
@@ -73,50 +61,6 @@ class Emitted:
     size_bytes: int
     accuracy: float
     candidate: Candidate
-
-
-# ------------------------------------------------------------------ pure helpers
-def default_name(methods: list[str], source_variant: str = BASE_VARIANT) -> str:
-    """``pruned-ft-int8`` for prune_structured, finetune, quantize_static; prefixed with the
-    source's variant when the source is itself a variant (``slim-int8``)."""
-    tags = [TAGS.get(m, m) for m in methods]
-    if source_variant != BASE_VARIANT:
-        tags.insert(0, source_variant)
-    return "-".join(tags)[:MAX_NAME].strip("-_")
-
-
-def planned_variants(
-    steps: list[CompressStep], source_variant: str = BASE_VARIANT
-) -> list[tuple[int, str]]:
-    """(index of the step after which it is emitted, name) for every variant the job emits."""
-    planned: list[tuple[int, str]] = []
-    for i, step in enumerate(steps):
-        last = i == len(steps) - 1
-        if step.variant or last:
-            name = step.variant or default_name([s.method for s in steps[: i + 1]], source_variant)
-            if any(name == other for _, other in planned):
-                name = f"{name}-{i + 1}"
-            planned.append((i, name))
-    return planned
-
-
-def gate(report: VariantReport, job: CompressJob) -> list[str]:
-    """The reasons ``report`` fails the job's gates (empty when it passes)."""
-    reasons = []
-    drop = -report.accuracy_delta
-    if job.gates.max_accuracy_drop is not None and drop > job.gates.max_accuracy_drop:
-        reasons.append(f"accuracy drop {drop:.2f} pt > {job.gates.max_accuracy_drop} pt")
-    if job.gates.min_speedup is not None and report.speedup < job.gates.min_speedup:
-        reasons.append(f"speed-up {report.speedup:.2f}x < {job.gates.min_speedup}x")
-    return reasons
-
-
-def best(reports: list[VariantReport]) -> VariantReport | None:
-    """The passing variant to promote: fastest at batch 32, then most accurate, then smallest."""
-    passing = [r for r in reports if r.passed]
-    if not passing:
-        return None
-    return max(passing, key=lambda r: (r.speedup, r.accuracy, -r.size_bytes))
 
 
 # ------------------------------------------------------------------ the job
@@ -256,7 +200,7 @@ def apply(i: int, step: CompressStep, state: ModelState, env: StepEnv) -> ModelS
     """Run one step; every failure names the step."""
     where = f"step {i + 1} ({step.method})"
     try:
-        result: ModelState = STEPS.get(step.method)(step, state, env)
+        result: ModelState = METHODS.apply(step, state, env)
     except InputError as e:
         raise type(e)(f"{where}: {e}") from e
     except torch.cuda.OutOfMemoryError as e:

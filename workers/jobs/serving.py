@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from shared.errors import JobExpired, TorchfleetError
+from shared.errors import TorchfleetError
 from shared.jobs import InferJob, InferResult, Latency
 from workers import metrics
 from workers.devices import describe
@@ -86,10 +86,8 @@ def _serve(
     registry_fields: Mapping[Any, Any] | None,
     stored_inputs: bytes | None,
 ) -> InferResult:
-    received = time.time()
+    received = time.time()  # the deadline was checked on admission (workers.app)
     start = time.perf_counter()
-    if job.deadline is not None and received > job.deadline:
-        raise JobExpired(f"job {job_id} reached the worker after its deadline; not computed")
     with rt.batcher.slot() as slot:
         resolved = rt.registry.resolve(job.model, registry_fields)
         model, cache_hit, load_ms = rt.cache.get(resolved.record.digest, job.backend)
