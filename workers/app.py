@@ -10,7 +10,6 @@ error fails the job and replaces the worker.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -31,7 +30,6 @@ from workers.heartbeat import poke_heartbeat
 from workers.runtime import Runtime, get_runtime
 
 app = create_app()
-log = logging.getLogger("torchfleet.worker")
 MAX_RETRIES = 5
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 60.0
