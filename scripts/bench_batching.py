@@ -21,7 +21,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from producers.client import Client
-from producers.commands.bench import (
+from producers.cli.bench import (
     INPUT_SHAPE,
     Plan,
     bench_environment,

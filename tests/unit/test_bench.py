@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from producers.commands.bench import Row, bars, drive, percentile, ratios, summarise
+from producers.cli.bench import Row, bars, drive, percentile, ratios, summarise
 
 
 def row(arm: str, model: str, producers: int, inputs: int, p50: float, thr: float) -> Row:

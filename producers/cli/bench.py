@@ -627,52 +627,48 @@ def _csv(text: str, cast: Callable[[str], Any]) -> tuple[Any, ...]:
     return values
 
 
-def register(app: typer.Typer) -> None:
-    """Add `torchfleet bench` to the CLI."""
-
-    @app.command()
-    def bench(
-        quick: Annotated[
-            bool, typer.Option("--quick", help="The seed CNN at 1 and 16 producers (< 1 min).")
-        ] = False,
-        spawn: Annotated[
-            bool,
-            typer.Option(
-                "--spawn",
-                help="Start an embedded Redis and worker processes of its own (needed for "
-                "fleet_unbatched and fleet_cold); otherwise drive the running fleet.",
-            ),
-        ] = False,
-        models: Annotated[
-            str | None, typer.Option(help="Comma-separated architectures (mlp,cifar_cnn,resnet18).")
-        ] = None,
-        producers: Annotated[
-            str | None, typer.Option(help="Comma-separated producer counts (1,4,16).")
-        ] = None,
-        jobs: Annotated[int | None, typer.Option(help="Jobs per measurement.")] = None,
-        threads: Annotated[int, typer.Option(help="torch threads: floor and workers alike.")] = 1,
-        device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N (spawned workers).")] = "cpu",
-        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    ) -> None:
-        """Benchmark the fleet's inference path against the in-process floor, a no-op task
-        and a naive task. Imports torch for the floor: run it where the worker extra is
-        installed."""
-        options: dict[str, Any] = {"threads": threads, "device": device}
-        plan = Plan.quick(**options) if quick else Plan(**options)
-        if models:
-            unknown = set(_csv(models, str)) - set(MODELS)
-            if unknown:
-                raise typer.BadParameter(f"unknown model(s) {sorted(unknown)}; known: {MODELS}")
-            plan.models = _csv(models, str)
-        if producers:
-            plan.producers = _csv(producers, int)
-            if min(plan.producers) < 1:
-                raise typer.BadParameter("producer counts must be at least 1")
-        if jobs:
-            plan.jobs = jobs
-        console = Console(stderr=True)
-        report = run_bench(plan, spawn=spawn, log=lambda text: console.print(f"[dim]{text}[/]"))
-        if as_json:
-            print(json.dumps(report))
-        else:
-            print_report(Console(width=max(120, shutil.get_terminal_size().columns)), report)
+def bench(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="The seed CNN at 1 and 16 producers (< 1 min).")
+    ] = False,
+    spawn: Annotated[
+        bool,
+        typer.Option(
+            "--spawn",
+            help="Start an embedded Redis and worker processes of its own (needed for "
+            "fleet_unbatched and fleet_cold); otherwise drive the running fleet.",
+        ),
+    ] = False,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated architectures (mlp,cifar_cnn,resnet18).")
+    ] = None,
+    producers: Annotated[
+        str | None, typer.Option(help="Comma-separated producer counts (1,4,16).")
+    ] = None,
+    jobs: Annotated[int | None, typer.Option(help="Jobs per measurement.")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads: floor and workers alike.")] = 1,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N (spawned workers).")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Benchmark the fleet's inference path against the in-process floor, a no-op task
+    and a naive task. Imports torch for the floor: run it where the worker extra is
+    installed."""
+    options: dict[str, Any] = {"threads": threads, "device": device}
+    plan = Plan.quick(**options) if quick else Plan(**options)
+    if models:
+        unknown = set(_csv(models, str)) - set(MODELS)
+        if unknown:
+            raise typer.BadParameter(f"unknown model(s) {sorted(unknown)}; known: {MODELS}")
+        plan.models = _csv(models, str)
+    if producers:
+        plan.producers = _csv(producers, int)
+        if min(plan.producers) < 1:
+            raise typer.BadParameter("producer counts must be at least 1")
+    if jobs:
+        plan.jobs = jobs
+    console = Console(stderr=True)
+    report = run_bench(plan, spawn=spawn, log=lambda text: console.print(f"[dim]{text}[/]"))
+    if as_json:
+        print(json.dumps(report))
+    else:
+        print_report(Console(width=max(120, shutil.get_terminal_size().columns)), report)
