@@ -3,12 +3,14 @@ exactly as training would. Shared by `torchfleet bench`, the tests and the chaos
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,7 +22,7 @@ from shared.manifest import Manifest
 from shared.registry import ModelRegistry, VariantRecord
 from shared.settings import Settings
 from workers.artifacts import ArtifactStore
-from workers.zoo import create_model
+from workers.zoo.models import MODELS, create_model
 
 READY_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 60
@@ -170,15 +172,16 @@ def register_seeded(
     input_shape: tuple[int, ...] = INPUT_SHAPE,
     class_names: list[str] | None = None,
     lineage: dict[str, Any] | None = None,
-    **arch_kwargs: Any,
+    arch_kwargs: Mapping[str, Any] | None = None,
 ) -> Registered:
     """A seeded, untrained ``arch`` from the zoo, stored and registered as ``name``."""
+    arch_kwargs = dict(arch_kwargs or {})
     torch.manual_seed(seed)
     module = create_model(arch, **arch_kwargs).eval()
-    classes = int(arch_kwargs.get("num_classes", 10))
+    classes = int(arch_kwargs.get("num_classes", _default_classes(arch)))
     manifest = Manifest(
         arch=arch,
-        arch_kwargs=dict(arch_kwargs),
+        arch_kwargs=arch_kwargs,
         input_shape=list(input_shape),
         num_classes=classes,
         class_names=class_names or [f"c{i}" for i in range(classes)],
@@ -193,3 +196,8 @@ def register_bench_model(settings: Settings, arch: str) -> Registered:
     classes = [str(i) for i in range(10)]
     lineage = {"source": "torchfleet bench"}
     return register_seeded(settings, arch, name, class_names=classes, lineage=lineage)
+
+
+def _default_classes(arch: str) -> int:
+    """The class count an architecture's builder uses when it is not given one."""
+    return int(inspect.signature(MODELS.get(arch)).parameters["num_classes"].default)
