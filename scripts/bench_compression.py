@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -26,8 +25,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.jobs import (
     DatasetSpec,

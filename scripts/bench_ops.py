@@ -17,13 +17,9 @@ import json
 import platform
 import random
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from producers.client import Client
 from shared.embedded import EmbeddedRedis

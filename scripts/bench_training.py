@@ -20,13 +20,9 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis
 import torch

@@ -29,7 +29,7 @@ from tests.integration.chaos_harness import (
     submit_many,
     wait_status,
 )
-from tests.integration.chaos_models import MODE_FATAL, MODE_HOLD, MODE_KILL, MODE_OOM
+from workers.bench.chaos_models import MODE_FATAL, MODE_HOLD, MODE_KILL, MODE_OOM
 from workers.faults import EXIT_DEVICE_FAULT
 
 pytestmark = [

@@ -6,7 +6,9 @@ import threading
 
 import pytest
 
-from producers.commands.bench import Row, bars, drive, percentile, ratios, summarise
+from producers.bench.load import drive
+from producers.bench.plan import Row, percentile, summarise
+from producers.bench.ratios import bars, ratios
 
 
 def row(arm: str, model: str, producers: int, inputs: int, p50: float, thr: float) -> Row:

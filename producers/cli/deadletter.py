@@ -7,10 +7,13 @@ import time
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
+from producers.cli.common import EXIT_INPUT, console, fail, reported_errors
+from producers.client import Client
 from shared.deadletter import DeadLetter, list_dead_letters, requeue
 
-deadletter_app = typer.Typer(help="Jobs parked after max_deliveries: list them, requeue them.")
+app = typer.Typer(help="Jobs parked after max_deliveries: list them, requeue them.")
 
 
 def as_rows(entries: list[DeadLetter], now: float) -> list[tuple[str, str, str, str, str]]:
@@ -20,55 +23,43 @@ def as_rows(entries: list[DeadLetter], now: float) -> list[tuple[str, str, str, 
     ]
 
 
-@deadletter_app.command("list")
+@app.command("list")
 def list_command(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array on stdout.")] = False,
 ) -> None:
     """Every dead-lettered job, oldest first, with the reason it was parked."""
-    from producers import cli
-    from producers.client import Client
-
-    with cli.reported_errors(), Client() as client:
+    with reported_errors(), Client() as client:
         entries = list_dead_letters(client.redis)
     if as_json:
         print(json.dumps([e.model_dump(mode="json") for e in entries]))
         return
     if not entries:
-        cli.console.print("no dead letters")
+        console.print("no dead letters")
         return
-    from rich.table import Table
-
     table = Table("job", "task", "deliveries", "parked", "reason", title="dead letters")
     for row in as_rows(entries, time.time()):
         table.add_row(*row)
-    cli.console.print(table)
+    console.print(table)
 
 
-@deadletter_app.command("requeue")
+@app.command("requeue")
 def requeue_command(
     job_ids: Annotated[list[str] | None, typer.Argument(help="Job ids to send again.")] = None,
     all_jobs: Annotated[bool, typer.Option("--all", help="Requeue every dead letter.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     """Send dead-lettered jobs again under their own ids (their delivery count restarts)."""
-    from producers import cli
-    from producers.client import Client
-
     if not job_ids and not all_jobs:
-        cli.fail(cli.EXIT_INPUT, "name the job ids to requeue, or pass --all")
-    with cli.reported_errors(), Client() as client:
+        fail(EXIT_INPUT, "name the job ids to requeue, or pass --all")
+    with reported_errors(), Client() as client:
         sent = requeue(client.redis, client.app, None if all_jobs else job_ids)
     missing = sorted(set(job_ids or []) - set(sent))
     if as_json:
         print(json.dumps({"requeued": sent, "not_found": missing}))
     else:
         for job_id in sent:
-            cli.console.print(f"requeued {job_id}")
+            console.print(f"requeued {job_id}")
         for job_id in missing:
-            cli.console.print(f"[yellow]not in the dead letters: {job_id}[/yellow]")
+            console.print(f"[yellow]not in the dead letters: {job_id}[/yellow]")
     if missing:
-        raise typer.Exit(cli.EXIT_INPUT)
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(deadletter_app, name="deadletter")
+        raise typer.Exit(EXIT_INPUT)

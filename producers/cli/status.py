@@ -6,7 +6,10 @@ import json
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
+from producers.cli.common import console, reported_errors
+from producers.client import Client
 from shared.errors import ModelNotFound
 from shared.registry import ModelRegistry
 
@@ -35,28 +38,19 @@ def add_refs(status: dict[str, Any], refs: dict[str, list[str]]) -> dict[str, An
     return status
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def status(
-        as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
-    ) -> None:
-        """Live workers (device, GPU lease, queues, cached models, jobs), queues, dead letters."""
-        from producers import cli
-        from producers.client import Client
-
-        with cli.reported_errors(), Client() as client:
-            report = add_refs(client.status(), model_refs(client.registry))
-        if as_json:
-            print(json.dumps(report))
-            return
-        render(report)
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Live workers (device, GPU lease, queues, cached models, jobs), queues, dead letters."""
+    with reported_errors(), Client() as client:
+        report = add_refs(client.status(), model_refs(client.registry))
+    if as_json:
+        print(json.dumps(report))
+        return
+    render(report)
 
 
 def render(report: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    from producers.cli import console
-
     now = report["time"]
     workers = Table(
         "worker", "device", "gpu lease", "queues", "cached", "jobs", "seen", title="workers"

@@ -10,44 +10,37 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
+from producers.cli.common import (
+    EXIT_FAILED,
+    EXIT_INPUT,
+    console,
+    fail,
+    read_document,
+    reported_errors,
+)
+from producers.client import Client
 from shared.jobs import GroupSummary
 
-group_app = typer.Typer(help="Submit inference jobs as one group and aggregate their results.")
+app = typer.Typer(help="Submit inference jobs as one group and aggregate their results.")
 
 
 def load_group_spec(path: Path) -> list[dict[str, Any]]:
     """The jobs of a group file: ``{"kind": "group", "jobs": [...]}`` or a bare list (JSON/YAML)."""
-    from producers import cli
-
-    if not path.exists():
-        cli.fail(cli.EXIT_INPUT, f"{path} does not exist")
-    text = path.read_text()
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            spec = yaml.safe_load(text)
-        else:
-            spec = json.loads(text)
-    except ValueError as e:  # json.JSONDecodeError and yaml.YAMLError's parse errors
-        cli.fail(cli.EXIT_INPUT, f"{path} is not valid: {e}")
+    spec = read_document(path, missing=f"{path} does not exist")
     if isinstance(spec, dict) and spec.get("kind") == "group":
         spec = spec.get("jobs")
     if not isinstance(spec, list) or not all(isinstance(j, dict) for j in spec):
-        cli.fail(cli.EXIT_INPUT, f'{path} must hold {{"kind": "group", "jobs": [...]}} or a list')
+        fail(EXIT_INPUT, f'{path} must hold {{"kind": "group", "jobs": [...]}} or a list')
     return [{"kind": "infer", **job} for job in spec]
 
 
 def print_group(summary: GroupSummary, as_json: bool) -> None:
     """A group summary as JSON or as a table."""
-    from producers.cli import console
-
     if as_json:
         print(summary.model_dump_json())
         return
-    from rich.table import Table
-
     accuracy = f"{100 * summary.accuracy:.2f}%" if summary.accuracy is not None else "-"
     console.print(
         f"group {summary.group_id}: {summary.done}/{summary.count} done, "
@@ -66,7 +59,7 @@ def print_group(summary: GroupSummary, as_json: bool) -> None:
     )
 
 
-@group_app.command("submit")
+@app.command("submit")
 def submit(
     spec: Annotated[
         Path, typer.Argument(help='A JSON/YAML file: {"kind": "group", "jobs": [...]}')
@@ -82,17 +75,14 @@ def submit(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     """Submit the jobs of a group file; prints the group id (or, with --wait, the summary)."""
-    from producers import cli
-    from producers.client import Client
-
     jobs = load_group_spec(spec)
-    with cli.reported_errors(), Client() as client:
+    with reported_errors(), Client() as client:
         submitted = client.submit_group(jobs, group_id=group_id, aggregate=chord)
         if not wait:
             if as_json:
                 print(json.dumps({"group_id": submitted, "jobs": len(jobs)}))
             else:
-                cli.console.print(submitted)
+                console.print(submitted)
             return
         for job_id in client.group_members(submitted):
             client.wait_state(job_id, timeout=timeout)
@@ -100,7 +90,7 @@ def submit(
     print_group(summary, as_json)
 
 
-@group_app.command("results")
+@app.command("results")
 def results(
     group_id: str,
     fleet: Annotated[
@@ -109,19 +99,12 @@ def results(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     """Aggregate a group now: done/failed/pending, outcomes, accuracy, latency percentiles."""
-    from producers import cli
-    from producers.client import Client
-
-    with cli.reported_errors(), Client() as client:
+    with reported_errors(), Client() as client:
         if fleet:
             client.group_members(group_id)  # unknown groups are an error, not "not ready"
             summary = client.fleet_summary(group_id)
             if summary is None:
-                cli.fail(cli.EXIT_FAILED, f"group {group_id}: the fleet has not aggregated it yet")
+                fail(EXIT_FAILED, f"group {group_id}: the fleet has not aggregated it yet")
         else:
             summary = client.group_results(group_id)
     print_group(summary, as_json)
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(group_app, name="group")
