@@ -91,6 +91,29 @@ InputKey = Annotated[str, Field(pattern=rf"^{re.escape(KEY_INPUT)}\S{{1,200}}$")
 
 
 # ---------------------------------------------------------------- training
+MAX_ARCH_INT = 65_536
+MAX_ARCH_STR = 256
+MAX_SYNTHETIC_VALUES = 2**28  # float32 values of a synthetic dataset: 1 GiB
+
+
+def _check_arch_kwargs(kwargs: dict[str, Scalar]) -> dict[str, Scalar]:
+    for key, value in kwargs.items():
+        if not key.isidentifier() or len(key) > 64:
+            raise ValueError(f"arch argument name {key[:64]!r} is not a Python identifier")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_ARCH_INT:
+            raise ValueError(f"arch argument {key}={value} is beyond +-{MAX_ARCH_INT}")
+        if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= MAX_ARCH_INT):
+            raise ValueError(
+                f"arch argument {key}={value} is not finite or beyond +-{MAX_ARCH_INT}"
+            )
+        if isinstance(value, str) and len(value) > MAX_ARCH_STR:
+            raise ValueError(f"arch argument {key} is longer than {MAX_ARCH_STR} characters")
+    return kwargs
+
+
+ArchKwargs = Annotated[dict[str, Scalar], AfterValidator(_check_arch_kwargs)]
+
+
 class DatasetSpec(Strict):
     """A dataset from the worker's dataset registry, split into train and validation."""
 
@@ -101,8 +124,21 @@ class DatasetSpec(Strict):
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     split_seed: int = 0
     limit: int | None = Field(default=None, ge=1, description="Use at most this many samples.")
-    num_classes: int = Field(default=10, ge=2, le=100_000, description="Synthetic data only.")
-    samples: int = Field(default=512, ge=2, le=10_000_000, description="Synthetic data only.")
+    num_classes: int = Field(default=10, ge=2, le=10_000, description="Synthetic data only.")
+    samples: int = Field(default=512, ge=2, le=1_000_000, description="Synthetic data only.")
+    val_path: str | None = Field(
+        default=None, max_length=4096, description="imagefolder: the validation folder."
+    )
+
+    @model_validator(mode="after")
+    def _synthetic_fits_in_memory(self) -> DatasetSpec:
+        values = self.samples * self.channels * self.image_size**2
+        if self.name == "synthetic" and values > MAX_SYNTHETIC_VALUES:
+            raise ValueError(
+                f"synthetic data of samples x channels x image_size^2 = {values} values; the "
+                f"limit is {MAX_SYNTHETIC_VALUES} (fewer samples or a smaller image_size)"
+            )
+        return self
 
 
 class OptimizerSpec(Strict):
@@ -152,9 +188,9 @@ class TrainJob(Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     model_name: ModelName
     arch: str = Field(default="cifar_cnn", max_length=64)
-    arch_kwargs: dict[str, Scalar] = Field(default_factory=dict, max_length=32)
+    arch_kwargs: ArchKwargs = Field(default_factory=dict, max_length=32)
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
-    epochs: int = Field(default=5, ge=1, le=10_000)
+    epochs: int = Field(default=5, ge=1, le=1_000)
     batch_size: int = Field(default=64, ge=1, le=65_536)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
@@ -257,10 +293,10 @@ class DistillStep(StepSpec):
 
     method: Literal["distill"] = "distill"
     student_arch: str = Field(default="mlp", max_length=64)
-    student_kwargs: dict[str, Scalar] = Field(default_factory=dict, max_length=32)
+    student_kwargs: ArchKwargs = Field(default_factory=dict, max_length=32)
     temperature: float = Field(default=4.0, gt=0, le=100)
     alpha: float = Field(default=0.7, ge=0, le=1, description="Weight of the soft-target term.")
-    epochs: int = Field(default=10, ge=1, le=10_000)
+    epochs: int = Field(default=10, ge=1, le=1_000)
     batch_size: int = Field(default=64, ge=1, le=65_536)
     optimizer: Literal["sgd", "adam"] = "adam"
     lr: float = Field(default=0.003, gt=0, le=10)
