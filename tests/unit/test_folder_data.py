@@ -17,8 +17,8 @@ from shared.registry import ModelRegistry
 from shared.settings import Settings
 from workers.artifacts import ArtifactStore
 from workers.context import JobContext
+from workers.jobs.training import execute
 from workers.train import data
-from workers.training import execute
 from workers.zoo.confine import DataLimits
 from workers.zoo.datasets import DatasetBundle, load_dataset
 

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset, random_split
 from shared.errors import DatasetNotFound, InvalidJob, UnknownDataset
 from shared.jobs import DatasetSpec
 from shared.manifest import Preprocessing
-from workers.registry import Registry
+from workers.catalog import Registry
 from workers.zoo.cifar import BIN_FOLDER, PY_FOLDER, CifarImages, read_cifar10
 from workers.zoo.confine import DataLimits, confined_folder
 from workers.zoo.imagefiles import ImageFiles, scan_class_folders
