@@ -61,7 +61,7 @@ def test_a_file_dataset_without_a_path_says_it_needs_one(name: str) -> None:
 
 
 def test_a_folder_without_cifar_batches_is_dataset_not_found(tmp_path: Path) -> None:
-    with pytest.raises(DatasetNotFound, match="cifar-10-batches-py"):
+    with pytest.raises(DatasetNotFound, match="cifar-10-batches-bin"):
         load_under(DatasetSpec(name="cifar10", path=str(tmp_path)), tmp_path)
 
 
