@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from shared.celery_app import create_app
 from shared.connection import redis_client
 from shared.errors import InputError, InvalidJob, JobFailed, JobTimeout, TorchfleetError
+from shared.jobrecord import claim_job_id
 from shared.jobs import (
     CompressJob,
     GroupSummary,
@@ -138,12 +139,13 @@ class Client:
         model = job if isinstance(job, AnyJob) else _validate(job)
         if isinstance(model, PipelineJob) and model.source is not None:
             self.registry.resolve(model.source)  # a missing source model fails here, not later
-        job_id = job_id or uuid.uuid4().hex
+        job_id, payload = job_id or uuid.uuid4().hex, _payload(model)
+        claim_job_id(self.redis, job_id, payload, self.settings.result_ttl_s, stored)
         self._remember(job_id, kind=model.kind, stored=stored)  # before any worker can see it
         try:
             self.app.send_task(
                 TASK_FOR_KIND[model.kind],
-                args=[_payload(model)],
+                args=[payload],
                 task_id=job_id,
                 retry=True,
                 retry_policy={"max_retries": 10, "interval_start": 0.1, "interval_step": 0.5},

@@ -342,6 +342,10 @@ class CompressJob(Strict):
     eval_dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     gates: GateSpec = Field(default_factory=GateSpec)
     promote: AliasName | None = None
+    force_promote: bool = Field(default=False, description="Promote even if worse than now.")
+    compare_alias: AliasName | None = Field(
+        default=None, description="Measure this alias's target beside the variants (no move)."
+    )
     device: DeviceChoice = "any"
     latency_iters: int = Field(default=50, ge=3, le=10_000, description="Timed runs per batch.")
     warmup_iters: int = Field(default=5, ge=0, le=1000)
@@ -440,6 +444,7 @@ class PipelineJob(Strict):
     )
     gates: GateSpec = Field(default_factory=GateSpec)
     promote: AliasName = "production"
+    force_promote: bool = Field(default=False, description="Promote even if worse than now.")
     variant: VariantName = Field(
         default=None, description="Promote this variant (it must pass); the best one if unset."
     )
@@ -622,6 +627,10 @@ class CompressResult(Strict):
     baseline: VariantReport
     variants: list[VariantReport]
     promoted: str | None = None
+    incumbent: VariantReport | None = Field(
+        default=None, description="The compared alias's current target, measured alongside."
+    )
+    promotion: str | None = Field(default=None, description="Why it was promoted or not.")
     seconds: float
     worker: str
     device: str

@@ -9,7 +9,6 @@ artifacts only: loading them means trusting code inside the archive, so no worke
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -59,13 +58,9 @@ def onnx_export_record(manifest: Manifest) -> dict[str, Any]:
 
 
 def read_export(store: ArtifactStore, record: dict[str, Any]) -> bytes:
-    """Read an export artifact's bytes and check them against its recorded sha256."""
-    path = str(record["path"])
-    with store.fs.open(path, "rb") as f:
-        blob: bytes = f.read()
-    if hashlib.sha256(blob).hexdigest() != record.get("sha256"):
-        raise IntegrityError(f"export {path} does not match its recorded sha256")
-    return blob
+    """Read an export artifact's bytes (from inside the store only), checked against its
+    recorded sha256."""
+    return store.read_export(str(record.get("path")), str(record.get("sha256")))
 
 
 def load_backend(

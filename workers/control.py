@@ -23,7 +23,7 @@ from celery.exceptions import Ignore
 from celery.signals import worker_ready, worker_shutdown
 from celery.worker.control import control_command
 
-from shared.errors import JobExpired, TorchfleetError
+from shared.errors import JobCancelled, JobExpired, TorchfleetError
 from shared.names import (
     ALL_QUEUES,
     CONTROL_WARM,
@@ -40,12 +40,6 @@ log = logging.getLogger("torchfleet.worker")
 
 CANCEL_CHECK_INTERVAL_S = 0.5
 _heartbeat: Heartbeat | None = None
-
-
-class JobCancelled(TorchfleetError):
-    """Raised inside a running job whose cancel flag is set; the task ends as REVOKED."""
-
-    code = "cancelled"
 
 
 # ------------------------------------------------------------------ deadlines, cancellation

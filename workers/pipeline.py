@@ -46,8 +46,10 @@ from shared.names import (
     TASK_QUEUES,
     device_queue,
 )
+from shared.promotion import Verdict, promotion_verdict
 from workers.context import JobContext
 from workers.control import JobCancelled, cancellable, is_cancelled
+from workers.effects import DropsCheckpoint
 from workers.runtime import Runtime, get_runtime
 from workers.tasks import MAX_RETRIES, Arrival, _record, app, backoff_s, run_job
 
@@ -166,7 +168,7 @@ def _context(task: Task, rt: Runtime, job_id: str, stage: str) -> JobContext:
         device=rt.device,
         worker=rt.worker,
         store=rt.store,
-        registry=rt.registry,
+        registry=rt.registry.for_job(f"{job_id}-{stage}", cancel_id=job_id),
         settings=rt.settings,
         progress=_progress(task, rt, job_id, stage),
     )
@@ -200,6 +202,7 @@ def compress_stage(
         steps=job.steps,
         eval_dataset=job.compress_dataset(),
         gates=job.gates,
+        compare_alias=job.promote,
         device=job.device,
         latency_iters=job.latency_iters,
         warmup_iters=job.warmup_iters,
@@ -257,14 +260,32 @@ def promote_stage(
         before = rt.registry.resolve(f"{report.model}@{job.promote}")
         report.previous = before.ref
     except ModelNotFound:
-        report.previous = None
-    rt.registry.set_alias(report.model, job.promote, report.version, chosen)
+        before, report.previous = None, None
+    verdict = stage_verdict(job, report, chosen)
+    if not verdict.promote:
+        raise GateFailed(verdict.reason)
+    expected = (before.version, before.variant) if before is not None else None
+    fenced = rt.registry.for_job(f"{report.job_id}-promote", cancel_id=report.job_id)
+    fenced.set_alias(report.model, job.promote, report.version, chosen, expected=expected)
     report.promoted = f"{report.model}:{report.version}:{chosen}"
     return {
         "alias": f"{report.model}@{job.promote}",
         "to": report.promoted,
         "from": report.previous,
     }
+
+
+def stage_verdict(job: PipelineJob, report: PipelineResult, chosen: str) -> Verdict:
+    """The chosen variant against the alias's current target, both measured by the compress
+    stage on the same data."""
+    compress = report.compress
+    row = next((v for v in compress.variants if v.variant == chosen), None) if compress else None
+    if compress is None or row is None:
+        raise InvalidJob(f"the compress stage measured no variant {chosen!r}")
+    return promotion_verdict(
+        row, compress.incumbent, alias=job.promote, force=job.force_promote,
+        incumbent_ref=compress.incumbent.variant if compress.incumbent else None,
+    )  # fmt: skip
 
 
 def warm_stage(job: PipelineJob, report: PipelineResult, rt: Runtime, task: Task) -> dict[str, Any]:
@@ -325,7 +346,9 @@ def _stage_task(stage: PipelineStage, task_name: str) -> Task:
         return run_stage(self, stage, report, payload, STAGE_FUNCTIONS[stage])
 
     run.__name__ = run.__qualname__ = f"{stage}_stage_task"
-    return app.task(name=task_name, bind=True)(run)
+    return app.task(name=task_name, bind=True, base=DropsCheckpoint if stage == "train" else Task)(
+        run
+    )
 
 
 STAGE_TASKS = {stage: _stage_task(stage, task_name) for stage, task_name in STAGES}

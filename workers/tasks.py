@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 from pydantic import ValidationError
 
 from shared.celery_app import create_app
-from shared.errors import InputError, InvalidJob, TorchfleetError, TransientError
+from shared.errors import InputError, InvalidJob, StaleDelivery, TorchfleetError, TransientError
 from shared.jobs import (
     AnyJob,
     CompressJob,
@@ -39,7 +39,8 @@ from shared.names import (
     model_key,
 )
 from workers.context import JobContext
-from workers.control import JobCancelled, cancellable, check_deadline, end_cancelled, poke_heartbeat
+from workers.control import JobCancelled, check_deadline, end_cancelled, poke_heartbeat
+from workers.effects import DropsCheckpoint, fenced
 from workers.reliability import (
     DeviceFault,
     Read,
@@ -82,14 +83,15 @@ def context(task: Task, rt: Runtime) -> JobContext:
     def progress(meta: dict[str, Any]) -> None:
         task.update_state(state="PROGRESS", meta=meta)
 
+    registry = rt.registry.for_job(task.request.id)  # this delivery's fencing token
     return JobContext(
         job_id=task.request.id,
         device=rt.device,
         worker=rt.worker,
         store=rt.store,
-        registry=rt.registry,
+        registry=registry,
         settings=rt.settings,
-        progress=cancellable(progress, rt.client, task.request.id),
+        progress=fenced(progress, registry),
     )
 
 
@@ -121,8 +123,11 @@ def run_job(task: Task, payload: Any, kind: str, execute: Execute) -> dict[str, 
     except JobCancelled:
         _record(rt, kind, job_id, "cancelled", started)
         if kind == "train":  # nothing will resume it: free the checkpoint
-            rt.store.drop_checkpoint(job_id)
+            rt.store.discard_checkpoint(job_id)
         end_cancelled(task)
+    except StaleDelivery:  # overtaken by a newer delivery: leave its answer alone
+        _record(rt, kind, job_id, "stale", started)
+        raise Ignore() from None
     except TransientError as e:
         _record(rt, kind, job_id, "retry", started, error=e.code)
         raise task.retry(
@@ -256,7 +261,7 @@ def infer(self: Task, payload: Any) -> dict[str, Any]:
     return run_job(self, payload, "infer", _infer)
 
 
-@app.task(name=TASK_TRAIN, bind=True, throws=(InputError,))
+@app.task(name=TASK_TRAIN, bind=True, base=DropsCheckpoint, throws=(InputError,))
 def train(self: Task, payload: Any) -> dict[str, Any]:
     return run_job(self, payload, "train", _train)
 

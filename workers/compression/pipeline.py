@@ -29,6 +29,7 @@ from shared.errors import (
 )
 from shared.jobs import CompressJob, CompressResult, CompressStep, VariantReport
 from shared.manifest import Manifest
+from shared.promotion import promotion_verdict
 from shared.registry import BASE_VARIANT, Resolved, VariantRecord
 from workers.compression.evaluation import (
     Candidate,
@@ -40,6 +41,7 @@ from workers.compression.evaluation import (
     latency_grid,
     stored_tensors,
 )
+from workers.compression.incumbent import INCUMBENT, Incumbent, load_incumbent, named
 from workers.compression.pruning import sparsity
 from workers.compression.steps import STEPS, ModelState, Sample, StepEnv, is_quantized
 from workers.context import JobContext
@@ -136,22 +138,28 @@ def execute(job: CompressJob, ctx: JobContext) -> CompressResult:
         store=ctx.store,
     )
     baseline = candidate(state, ctx.device)
+    held = load_incumbent(job, source, ctx, state.manifest.input_shape)
     emitted = run_steps(job, state, env, dict(planned), ctx)
 
     ctx.progress({"stage": "evaluate", "variants": len(emitted)})
-    base_report, reports = measure(job, source, state, baseline, emitted, bundle.val)
+    extra = [incumbent_entry(held, env)] if held is not None else []
+    base_report, reports = measure(job, source, state, baseline, emitted + extra, bundle.val)
+    incumbent = named(reports.pop(), held) if held is not None else None
 
     ctx.progress({"stage": "register", "variants": len(reports)})
     for entry, report in zip(emitted, reports, strict=True):
         if report.passed:
             register(entry, report, source, job, ctx)
+    promoted, promotion = promote(job, reports, source, ctx, incumbent, held)
     return CompressResult(
         job_id=ctx.job_id,
         source=source.ref,
         version=source.version,
         baseline=base_report,
         variants=reports,
-        promoted=promote(job, reports, source, ctx),
+        promoted=promoted,
+        incumbent=incumbent,
+        promotion=promotion,
         seconds=time.perf_counter() - started,
         worker=ctx.worker,
         device=str(ctx.device),
@@ -366,13 +374,36 @@ def register(
     report.registered = True
 
 
+def incumbent_entry(held: Incumbent, env: StepEnv) -> Emitted:
+    """The alias's current target as one more row of the measurement (never registered)."""
+    model = candidate(held.state, env.device)
+    size = held.state.manifest.size_bytes
+    return Emitted(INCUMBENT, held.state, {}, size, accuracy(model, env.val), model)
+
+
 def promote(
-    job: CompressJob, reports: list[VariantReport], source: Resolved, ctx: JobContext
-) -> str | None:
+    job: CompressJob,
+    reports: list[VariantReport],
+    source: Resolved,
+    ctx: JobContext,
+    incumbent: VariantReport | None = None,
+    held: Incumbent | None = None,
+) -> tuple[str | None, str | None]:
+    """Move ``job.promote`` to the best passing variant unless it is worse than the alias's
+    current target (compare-and-set on that target); the new target and why."""
     if job.promote is None:
-        return None
+        return None, None
     chosen = best(reports)
     if chosen is None:
-        return None
-    ctx.registry.set_alias(source.name, job.promote, source.version, chosen.variant)
-    return f"{source.name}:{source.version}:{chosen.variant}"
+        return None, f"no variant passed the gates; {job.promote} not moved"
+    verdict = promotion_verdict(
+        chosen, incumbent, alias=job.promote, force=job.force_promote,
+        incumbent_ref=held.resolved.ref if held else None,
+    )  # fmt: skip
+    if not verdict.promote:
+        return None, verdict.reason
+    expected = (held.resolved.version, held.resolved.variant) if held else None
+    ctx.registry.set_alias(
+        source.name, job.promote, source.version, chosen.variant, expected=expected
+    )
+    return f"{source.name}:{source.version}:{chosen.variant}", verdict.reason

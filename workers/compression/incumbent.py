@@ -1,0 +1,63 @@
+"""What an alias points to now, measured beside a compress job's variants.
+
+A compress job that promotes (or a pipeline's compress stage) rebuilds the alias's current
+target and runs it through the same evaluation data and the same latency grid as its own
+variants, so that :func:`shared.promotion.promotion_verdict` compares like with like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.errors import InvalidJob, ModelNotFound
+from shared.jobs import CompressJob, VariantReport
+from shared.registry import Resolved
+from workers.compression.steps import ModelState, is_quantized
+from workers.context import JobContext
+from workers.modelio import build_module
+
+INCUMBENT = "__incumbent__"  # its row's name inside the job, never registered
+
+
+@dataclass(frozen=True)
+class Incumbent:
+    resolved: Resolved
+    state: ModelState
+
+
+def load_incumbent(
+    job: CompressJob, source: Resolved, ctx: JobContext, expected_shape: list[int]
+) -> Incumbent | None:
+    """The target of the alias the job promotes to (or compares with), rebuilt; None when
+    the alias is unset. Served backends other than eager are compared through ONNX Runtime."""
+    alias = job.promote or job.compare_alias
+    if alias is None:
+        return None
+    try:
+        current = ctx.registry.resolve(f"{source.name}@{alias}")
+    except ModelNotFound:
+        return None
+    tensors, manifest = ctx.store.get_model(current.record.digest)
+    if list(manifest.input_shape) != list(expected_shape):
+        raise InvalidJob(
+            f"{source.name}@{alias} points to {current.ref}, which takes inputs of shape "
+            f"{manifest.input_shape}, not {list(expected_shape)}: it cannot be compared on "
+            "this data; move the alias by hand (`torchfleet models alias`)"
+        )
+    module = build_module(manifest, tensors)
+    if not is_quantized(module):
+        module = module.to(ctx.device)
+    runner = None
+    if manifest.backend == "onnx":
+        from workers.backends import load_stored_backend
+
+        runner = load_stored_backend(ctx.store, current.record.digest)
+    state = ModelState(module=module, manifest=manifest, runner=runner, backend=manifest.backend)
+    return Incumbent(current, state)
+
+
+def named(report: VariantReport, incumbent: Incumbent) -> VariantReport:
+    """The incumbent's row, named by its reference instead of the placeholder."""
+    report.variant = incumbent.resolved.ref
+    report.model_digest = incumbent.resolved.record.digest
+    return report
