@@ -18,6 +18,12 @@ import redis
 from shared.errors import JobIdReused
 from shared.names import job_digest_key
 
+CLAIM_SCRIPT = """
+local old = redis.call('GET', KEYS[1])
+if old then return old end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
 VOLATILE_FIELDS = frozenset({"submitted_at"})  # set by the producer at each submission
 
 
@@ -42,10 +48,11 @@ def claim_job_id(
     """Record ``payload`` as the job ``job_id`` names, or refuse a different one already there;
     whether the id is new.
 
-    One atomic ``SET NX GET`` (Redis 7): two clients racing for a new id cannot both win.
+    One atomic script (``SET NX`` + ``GET``, which Redis 6 cannot combine in one ``SET``): two
+    clients racing for a new id cannot both win.
     """
     digest = payload_digest(payload, stored)
-    previous = client.set(job_digest_key(job_id), digest, nx=True, get=True, ex=ttl_s)
+    previous = client.eval(CLAIM_SCRIPT, 1, job_digest_key(job_id), digest, ttl_s)
     if previous is None:
         return True
     if (previous.decode() if isinstance(previous, bytes) else str(previous)) != digest:

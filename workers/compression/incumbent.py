@@ -39,10 +39,12 @@ def load_incumbent(
         return None
     tensors, manifest = ctx.store.get_model(current.record.digest)
     if list(manifest.input_shape) != list(expected_shape):
+        if job.force_promote:
+            return None  # nothing to compare on this data; forced moves need no comparison
         raise InvalidJob(
             f"{source.name}@{alias} points to {current.ref}, which takes inputs of shape "
             f"{manifest.input_shape}, not {list(expected_shape)}: it cannot be compared on "
-            "this data; move the alias by hand (`torchfleet models alias`)"
+            "this data; set force_promote, or move the alias by hand"
         )
     module = build_module(manifest, tensors)
     if not is_quantized(module):
