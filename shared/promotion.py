@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.jobs import VariantReport
+from shared.errors import InvalidJob
+from shared.jobs import PipelineJob, PipelineResult, VariantReport
 
 LATENCY_NOISE = 0.10  # a candidate up to 10 % slower than the incumbent is not called slower
 
@@ -58,3 +59,16 @@ def promotion_verdict(
         f"{candidate.variant} not promoted: worse than {where}: {because}; "
         "set force_promote to move it anyway",
     )
+
+
+def stage_verdict(job: PipelineJob, report: PipelineResult, chosen: str) -> Verdict:
+    """The chosen variant against the alias's current target, both measured by the compress
+    stage on the same data."""
+    compress = report.compress
+    row = next((v for v in compress.variants if v.variant == chosen), None) if compress else None
+    if compress is None or row is None:
+        raise InvalidJob(f"the compress stage measured no variant {chosen!r}")
+    return promotion_verdict(
+        row, compress.incumbent, alias=job.promote, force=job.force_promote,
+        incumbent_ref=compress.incumbent.variant if compress.incumbent else None,
+    )  # fmt: skip

@@ -20,12 +20,10 @@ transaction.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar, cast
 
 import redis
-from pydantic import BaseModel, Field
 from redis.client import Pipeline
 
 from shared.errors import (
@@ -38,13 +36,31 @@ from shared.errors import (
 )
 from shared.jobs import ModelRef
 from shared.names import KEY_MODELS, cancel_key, fence_key, model_key
+from shared.registry_records import (
+    BASE_VARIANT,
+    AliasRecord,
+    Resolved,
+    Target,
+    VariantRecord,
+    decoded,
+    reservation_field,
+    text,
+    variant_field,
+)
 
-BASE_VARIANT = "base"
+__all__ = [
+    "BASE_VARIANT",
+    "AliasRecord",
+    "JobRegistry",
+    "ModelRegistry",
+    "Resolved",
+    "VariantRecord",
+]
+
 MAX_ALIAS_HISTORY = 20
 DEFAULT_FENCE_TTL_S: Final = 7 * 24 * 3600  # longer than any job runs between two deliveries
 
 T = TypeVar("T")
-Target = tuple[int, str]  # (version, variant)
 
 
 class _Unchecked:
@@ -52,47 +68,6 @@ class _Unchecked:
 
 
 UNCHECKED: Final = _Unchecked()
-
-
-class VariantRecord(BaseModel):
-    digest: str
-    arch: str
-    method: str = "train"
-    metrics: dict[str, Any] = Field(default_factory=dict)
-    parent: str | None = None
-    job_id: str | None = None
-    created_at: float = Field(default_factory=time.time)
-
-
-class AliasRecord(BaseModel):
-    version: int
-    variant: str = BASE_VARIANT
-    history: list[tuple[int, str]] = Field(default_factory=list)
-
-    @property
-    def target(self) -> Target:
-        return self.version, self.variant
-
-
-class Resolved(BaseModel):
-    """A reference resolved to one stored artifact."""
-
-    name: str
-    version: int
-    variant: str
-    record: VariantRecord
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}:{self.version}:{self.variant}"
-
-
-def variant_field(version: int, variant: str) -> str:
-    return f"variant:{version}:{variant}"
-
-
-def reservation_field(job_id: str) -> str:
-    return f"job:{job_id}"
 
 
 class ModelRegistry:
@@ -241,7 +216,7 @@ class ModelRegistry:
         parsed = ModelRef.parse(ref) if isinstance(ref, str) else ref
         if raw is None:
             raw = self.client.hgetall(model_key(parsed.name))
-        fields = _decoded(parsed.name, raw)
+        fields = decoded(parsed.name, raw)
         version, variant = self._pick(parsed, fields)
         record = fields.get(f"variant:{version}:{variant}")
         if record is None:
@@ -276,11 +251,11 @@ class ModelRegistry:
         return max(versions)
 
     def names(self) -> list[str]:
-        return sorted(_text(n) for n in self.client.smembers(KEY_MODELS))
+        return sorted(text(n) for n in self.client.smembers(KEY_MODELS))
 
     def describe(self, name: str) -> dict[str, Any]:
         """Every version, variant and alias of one model, as plain JSON."""
-        fields = _decoded(name, self.client.hgetall(model_key(name)))
+        fields = decoded(name, self.client.hgetall(model_key(name)))
         variants: dict[str, dict[str, Any]] = {}
         aliases: dict[str, Any] = {}
         for field, raw in sorted(fields.items()):
@@ -294,19 +269,6 @@ class ModelRegistry:
                     raw
                 ).model_dump(mode="json")
         return {"name": name, "versions": variants, "aliases": aliases}
-
-
-def _decoded(name: str, raw: Mapping[Any, Any]) -> dict[str, str]:
-    """A model's registry hash as text, or :class:`ModelNotFound` if there is none."""
-    if not raw:
-        raise ModelNotFound(
-            f"model {name!r} is not registered; `torchfleet models list` shows what is"
-        )
-    return {_text(k): _text(v) for k, v in raw.items()}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _show(target: Target | _Unchecked | None) -> str:

@@ -20,6 +20,7 @@ from celery import Task
 
 from shared.registry import JobRegistry
 from workers.context import ProgressFn
+from workers.runtime import get_runtime
 
 CHECK_INTERVAL_S = 0.5
 log = logging.getLogger(__name__)
@@ -52,12 +53,12 @@ def checkpoint_id(task_id: str) -> str:
 
 
 class DropsCheckpoint(Task):
-    """Base of tasks that checkpoint: the checkpoint goes once the result is stored, and the
-    checkpoints of lost jobs older than ``settings.checkpoint_ttl_s`` are swept with it."""
+    """Mixin of the fleet tasks that checkpoint (put before :class:`FleetTask` in the bases):
+    the checkpoint goes once the result is stored, and the checkpoints of lost jobs older
+    than ``settings.checkpoint_ttl_s`` are swept with it."""
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
-        from workers.runtime import get_runtime
-
+        super().on_success(retval, task_id, args, kwargs)
         rt = get_runtime()
         rt.store.discard_checkpoint(checkpoint_id(task_id))
         try:

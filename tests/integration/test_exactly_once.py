@@ -23,7 +23,7 @@ from producers.encoding import encode_array
 from shared.errors import JobIdReused
 from shared.names import TASK_TRAIN
 from shared.settings import Settings
-from tests.fleet import WorkerProcess, register_cnn
+from tests.fleet import WorkerProcess, register_cnn, until
 
 WAIT_S = 180
 DIGITS = {"name": "digits", "image_size": 8, "channels": 1}
@@ -53,6 +53,8 @@ def test_a_training_job_delivered_again_after_registering_keeps_one_version(
     assert first["version"] == again["version"] == 1
     assert described["aliases"]["staging"] == {"version": 1, "variant": "base", "history": []}
     assert client.registry.resolve(f"{name}@staging").record.digest == again["model_digest"]
+    checkpoint = Path(client.settings.artifacts) / "checkpoints" / job_id
+    until(lambda: not checkpoint.exists(), "the checkpoint dropped once the answer is stored")
 
 
 def test_a_reused_job_id_with_another_payload_is_refused(

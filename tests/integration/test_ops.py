@@ -50,9 +50,11 @@ def test_status_shows_the_worker_with_device_queues_cache_and_jobs_done(
     done_before = before["jobs"].get("success", 0)
     for seed in range(3):
         client.wait(client.submit_infer(cnn.name, batch(2, seed)), timeout=WAIT_S)
+    answered = time.time()  # a record written before this may predate the jobs it counts
     record = until(
         lambda: (
             (r := own_record(client, worker.name))
+            and r["last_seen"] > answered
             and r["jobs"].get("success", 0) >= done_before + 3
             and r
         ),

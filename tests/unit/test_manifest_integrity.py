@@ -13,7 +13,8 @@ import torch
 from shared.errors import IntegrityError, UnsafeArtifact
 from shared.manifest import Manifest, manifest_digest
 from workers.artifacts import ArtifactStore, safetensors_metadata, to_safetensors
-from workers.backends import load_stored_backend, read_export
+from workers.backends import load_stored_backend
+from workers.onnx_runtime import read_export
 from workers.zoo import create_model
 
 MANIFEST = Manifest(

@@ -2,7 +2,8 @@
 
 A compress job that promotes (or a pipeline's compress stage) rebuilds the alias's current
 target and runs it through the same evaluation data and the same latency grid as its own
-variants, so that :func:`shared.promotion.promotion_verdict` compares like with like.
+variants, so that :func:`shared.promotion.promotion_verdict` compares like with like, and
+:func:`promote` moves the alias only from the target it was compared with.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from dataclasses import dataclass
 
 from shared.errors import InvalidJob, ModelNotFound
 from shared.jobs import CompressJob, VariantReport
+from shared.promotion import promotion_verdict
 from shared.registry import Resolved
 from workers.compression.steps import ModelState, is_quantized
+from workers.compression.variants import best
 from workers.context import JobContext
 from workers.modelio import build_module
 
@@ -63,3 +66,31 @@ def named(report: VariantReport, incumbent: Incumbent) -> VariantReport:
     report.variant = incumbent.resolved.ref
     report.model_digest = incumbent.resolved.record.digest
     return report
+
+
+def promote(
+    job: CompressJob,
+    reports: list[VariantReport],
+    source: Resolved,
+    ctx: JobContext,
+    incumbent: VariantReport | None = None,
+    held: Incumbent | None = None,
+) -> tuple[str | None, str | None]:
+    """Move ``job.promote`` to the best passing variant unless it is worse than the alias's
+    current target (compare-and-set on that target); the new target and why."""
+    if job.promote is None:
+        return None, None
+    chosen = best(reports)
+    if chosen is None:
+        return None, f"no variant passed the gates; {job.promote} not moved"
+    verdict = promotion_verdict(
+        chosen, incumbent, alias=job.promote, force=job.force_promote,
+        incumbent_ref=held.resolved.ref if held else None,
+    )  # fmt: skip
+    if not verdict.promote:
+        return None, verdict.reason
+    expected = (held.resolved.version, held.resolved.variant) if held else None
+    ctx.registry.set_alias(
+        source.name, job.promote, source.version, chosen.variant, expected=expected
+    )
+    return f"{source.name}:{source.version}:{chosen.variant}", verdict.reason

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset, random_split
 from shared.errors import DatasetNotFound, InvalidJob, UnknownDataset
 from shared.jobs import DatasetSpec
 from shared.manifest import Preprocessing
-from workers.registry import Registry
+from workers.catalog import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
