@@ -47,6 +47,7 @@ from workers.compression.steps import ModelState, Sample, StepEnv, is_quantized
 from workers.compression.variants import gate, planned_variants
 from workers.context import JobContext
 from workers.modelio import Tensors, build_module
+from workers.zoo.confine import DataLimits
 from workers.zoo.datasets import DatasetBundle, load_dataset
 
 ROUND_TRIP_ATOL = 1e-4
@@ -69,7 +70,7 @@ def execute(job: CompressJob, ctx: JobContext) -> CompressResult:
     """Run a compress job end to end; see the module docstring for the variant rule."""
     started = time.perf_counter()
     source, state = load_source(job, ctx)
-    bundle = load_dataset(job.eval_dataset)
+    bundle = load_dataset(job.eval_dataset, DataLimits.from_settings(ctx.settings))
     check_data(bundle, state.manifest, source)
     planned = planned_variants(job.steps, source.variant)
     check_names(planned, source, ctx)
