@@ -19,6 +19,7 @@ from shared.errors import BrokerUnavailable, DatasetNotFound, InvalidJob, Traini
 from shared.jobs import TrainJob, TrainResult
 from shared.registry import ModelRegistry
 from shared.settings import Settings
+from tests.unit.training_helpers import same_weights
 from workers.artifacts import ArtifactStore
 from workers.context import JobContext
 from workers.jobs.training import execute
@@ -127,20 +128,13 @@ def test_the_same_seed_repeats_the_run_exactly_on_the_cpu(make_ctx: MakeContext)
     second = execute(job, make_ctx("run-b"))
     other = execute(tiny_job(augment={"random_crop": True, "hflip": True}, seed=1), make_ctx("c"))
     assert curve(first) == curve(second)
-    assert same_weights(make_ctx, first, second)  # digests differ: they cover the manifests
+    assert same_weights(make_ctx("weights").store, first, second)  # digests cover manifests
     assert curve(other) != curve(first)
     assert second.version == first.version + 1
 
 
 class WorkerDied(Exception):
     pass
-
-
-def same_weights(make_ctx: MakeContext, a: TrainResult, b: TrainResult) -> bool:
-    """Whether two registered results hold bit-identical weights."""
-    store = make_ctx("weights").store
-    wa, wb = store.get_model(a.model_digest)[0], store.get_model(b.model_digest)[0]
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_a_redelivered_job_resumes_from_its_checkpoint(
@@ -168,7 +162,7 @@ def test_a_redelivered_job_resumes_from_its_checkpoint(
     assert [r.epoch for r in resumed.history] == [1, 2, 3]
     uninterrupted = execute(job, make_ctx("job-u"))
     assert curve(resumed) == curve(uninterrupted)
-    assert same_weights(make_ctx, resumed, uninterrupted)
+    assert same_weights(make_ctx("weights").store, resumed, uninterrupted)
 
 
 def test_a_job_redelivered_after_registration_keeps_its_version(
@@ -180,7 +174,7 @@ def test_a_job_redelivered_after_registration_keeps_its_version(
     monkeypatch.undo()
     again = execute(job, make_ctx("job-v"))
     assert again.version == first.version == 1
-    assert again.resumed_from_epoch == 1 and same_weights(make_ctx, again, first)
+    assert again.resumed_from_epoch == 1 and same_weights(make_ctx("weights").store, again, first)
     assert list(registry.describe("tiny")["versions"]) == ["1"]
     assert registry.resolve("tiny:1").record.digest == again.model_digest  # what it answered
 
