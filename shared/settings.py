@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     )
     torch_threads: int | None = Field(default=None, gt=0, description="torch intra-op threads.")
     stats_maxlen: int = Field(default=100_000, gt=0, description="Cap of the stats stream.")
+    checkpoint_ttl_s: int = Field(
+        default=7 * 24 * 3600,
+        gt=0,
+        description="Checkpoints not saved for this long belong to lost jobs and are swept.",
+    )
 
     # Limits on the data a job may make a worker read (docs/training.md, "Data roots").
     data_roots: Annotated[list[str], NoDecode] = Field(

@@ -152,6 +152,10 @@ class CompressJob(Strict):
     eval_dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     gates: GateSpec = Field(default_factory=GateSpec)
     promote: AliasName | None = None
+    force_promote: bool = Field(default=False, description="Promote even if worse than now.")
+    compare_alias: AliasName | None = Field(
+        default=None, description="Measure this alias's target beside the variants (no move)."
+    )
     device: DeviceChoice = "any"
     latency_iters: int = Field(default=50, ge=3, le=10_000, description="Timed runs per batch.")
     warmup_iters: int = Field(default=5, ge=0, le=1000)
@@ -250,6 +254,7 @@ class PipelineJob(Strict):
     )
     gates: GateSpec = Field(default_factory=GateSpec)
     promote: AliasName = "production"
+    force_promote: bool = Field(default=False, description="Promote even if worse than now.")
     variant: VariantName = Field(
         default=None, description="Promote this variant (it must pass); the best one if unset."
     )

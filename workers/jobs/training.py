@@ -149,7 +149,6 @@ def execute(job: TrainJob, ctx: JobContext) -> TrainResult:
     resumed_from = resume(ctx, job, parts, run)
     fit(job, ctx, parts, run, (train, val), shuffle)
     digest, size_bytes = register(job, ctx, bundle, arch_kwargs, parts, run, resumed_from)
-    ctx.store.drop_checkpoint(ctx.job_id)
     return TrainResult(
         job_id=ctx.job_id,
         model=job.model_name,
