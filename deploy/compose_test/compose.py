@@ -85,10 +85,11 @@ class Compose:
         timeout: float = 900,
         check: bool = True,
         stream: bool = False,
+        quiet: bool = False,
     ) -> subprocess.CompletedProcess[str]:
         return run(
             self.argv(command, *extra), env=self.environment(), inherit=False,
-            cwd=self.root, timeout=timeout, check=check, stream=stream,
+            cwd=self.root, timeout=timeout, check=check, stream=stream, quiet=quiet,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ containers
@@ -129,7 +130,7 @@ class Compose:
             time.sleep(1)  # Docker runs the healthchecks on its own schedule
 
     def logs(self, tail: int = 60) -> str:
-        done = self("docker compose logs --no-color", "--tail", str(tail), check=False)
+        done = self("docker compose logs --no-color", "--tail", str(tail), check=False, quiet=True)
         return done.stdout[-12000:]
 
     def leftovers(self) -> list[str]:

@@ -19,7 +19,7 @@ ONLINE_CLI = f"{cmd.WITH_JOBS} torchfleet infer digits --input /jobs/batch.npy -
 
 
 def lane_available(run: Run) -> bool:
-    done = run.compose(PROBE, check=False)
+    done = run.compose(PROBE, check=False, quiet=True)
     return done.returncode == 0
 
 

@@ -75,7 +75,7 @@ def expect(condition: bool, message: str) -> None:
 
 def producer(run: Run, command: str, *extra: str, timeout: float = 900) -> Any:
     """Run a README producer command with ``extra`` arguments; its JSON output."""
-    done = run.compose(command, *extra, timeout=timeout, check=False)
+    done = run.compose(command, *extra, timeout=timeout, check=False, quiet=True)
     if done.returncode != 0:
         raise CheckFailed(f"exit {done.returncode}: {command} {' '.join(extra)}\n"
                           f"{done.stdout[-2000:]}{done.stderr[-2000:]}")  # fmt: skip
@@ -84,7 +84,7 @@ def producer(run: Run, command: str, *extra: str, timeout: float = 900) -> Any:
 
 def jobs_script(run: Run, *args: str, timeout: float = 900) -> dict[str, Any]:
     """``jobs.py`` in the producer container; its report, whatever its exit status."""
-    done = run.compose(JOBS_SCRIPT, *args, timeout=timeout, check=False)
+    done = run.compose(JOBS_SCRIPT, *args, timeout=timeout, check=False, quiet=True)
     try:
         report: dict[str, Any] = last_json(done.stdout)
     except (json.JSONDecodeError, IndexError):
