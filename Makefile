@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint chaos bench clean
+.PHONY: demo test lint chaos compose-test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,16 @@ lint: $(STAMP)
 chaos: $(STAMP)
 	TORCHFLEET_CHAOS=1 $(PY) -m pytest -q tests/integration/test_chaos.py tests/integration/test_chaos_redis.py
 	$(PY) scripts/chaos.py all $(CHAOS_ARGS)
+
+# The compose stack for real (issue 15), as root on a Debian host: installs docker.io,
+# docker-compose and debootstrap if missing, starts its own dockerd if none answers, builds the
+# images without an image registry, brings the stack up, scales it to 3 workers, trains,
+# compresses and checks a few hundred jobs from the producer container, kills a worker
+# mid-training, restarts Redis, stops the workers warm, then `down -v`, stops the dockerd it
+# started and undoes its host changes. Fails if a job is lost or an answer is wrong.
+# Images and wheels are cached (~/.cache/torchfleet/compose-test); a second run is quicker.
+compose-test: $(STAMP)
+	$(PY) -m deploy.compose_test $(COMPOSE_TEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -39,7 +39,7 @@ class BatchOutput:
     compute_ms: float
 
 
-@dataclass
+@dataclass(eq=False)  # by identity: the queue removes requests, whose tensors cannot compare
 class _Request:
     model: LoadedModel
     inputs: torch.Tensor

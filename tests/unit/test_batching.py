@@ -245,3 +245,18 @@ def test_parallel_batches_default_to_one_per_core_group_on_a_cpu() -> None:
         assert batch_parallel(None, torch.device("cpu")) == max(1, os.cpu_count() or 1)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_any_queued_request_can_be_taken_whatever_the_others_hold() -> None:
+    # The gatherer removes a request from the middle of the queue when the one before it does
+    # not fit: requests compared their tensors (a RuntimeError for 4 inputs against 1), the
+    # error escaped the gatherer and a job was never answered (found by make compose-test).
+    from collections import deque
+
+    from workers.batching import _Request
+
+    model = loaded(Recorder())
+    big, small = _Request(model, torch.zeros(4, 3)), _Request(model, torch.zeros(1, 3))
+    queue = deque([big, small])
+    queue.remove(small)
+    assert list(queue) == [big]

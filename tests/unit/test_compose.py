@@ -337,8 +337,12 @@ def test_env_example_documents_every_variable_and_holds_no_password() -> None:
         used |= set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", path.read_text()))
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.M))
     assert used - documented == set()
-    # Only the password is live, and it is empty: copying the example is not enough to start.
-    assert read_env_file(ENV_EXAMPLE) == {"REDIS_PASSWORD": ""}
+    # Only the password (empty: copying the example is not enough to start) and the project
+    # name are live.
+    assert read_env_file(ENV_EXAMPLE) == {
+        "REDIS_PASSWORD": "",
+        "COMPOSE_PROJECT_NAME": "torchfleet",
+    }
 
 
 # ------------------------------------------------------------------ interpolation and merging
@@ -479,13 +483,76 @@ def test_worker_image_runs_torchfleet_with_a_healthcheck() -> None:
     assert "/app/deploy/healthcheck.py" in worker["HEALTHCHECK"]
     assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in DOCKERFILE.read_text()
     installs = [args for instruction, args in stages()["worker"] if instruction == "RUN"]
-    assert any("[worker]" in args for args in installs)
-    assert any('--index-url "${TORCH_INDEX_URL}" torch torchvision' in args for args in installs)
+    # torch on its own first, then the worker extra holding torch where it is, then the code.
+    assert '--index-url "${TORCH_INDEX_URL}" torch torchvision' in installs[0]
+    assert "-c /tmp/torch.txt -r /tmp/requirements.txt" in installs[1]
+    assert "pip install --no-deps /wheels/torchfleet-" in installs[2]
+    requirements = " ".join(args for ins, args in stages()["requirements"] if ins == "RUN")
+    assert "--extra worker > worker.txt" in requirements
 
 
-def test_producer_image_has_no_torch() -> None:
+def test_dependency_layers_depend_on_pyproject_alone() -> None:
+    copies = [args for ins, args in stages()["requirements"] if ins == "COPY"]
+    assert copies == ["pyproject.toml deploy/requirements.py ./"]
+    for target in ("producer", "worker"):
+        steps = stages()[target]
+        requirements_copy = next(
+            i for i, (ins, args) in enumerate(steps) if "--from=requirements" in args
+        )
+        wheel_copy = next(i for i, (ins, args) in enumerate(steps) if "--from=wheel" in args)
+        assert requirements_copy < wheel_copy, target  # a code change keeps the deps layer
+
+
+def test_no_syntax_directive_and_every_pip_stage_sees_the_index() -> None:
+    text = DOCKERFILE.read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I)  # BuildKit would fetch it
+    assert "ARG PIP_INDEX_URL=https://pypi.org/simple" in text.split("FROM")[0]
+    for name, steps in stages().items():
+        runs_pip = any(ins == "RUN" and "pip " in args for ins, args in steps)
+        declared = ("ARG", "PIP_INDEX_URL") in steps
+        assert declared or not runs_pip, f"stage {name} runs pip without ARG PIP_INDEX_URL"
+
+
+def test_compose_passes_only_build_args_the_dockerfile_declares(
+    services: dict[str, Any],
+) -> None:
+    declared = {args.split("=")[0] for ins, args in dockerfile_instructions() if ins == "ARG"}
+    for name, service in services.items():
+        if "build" in service:
+            args = service["build"]["args"]
+            assert set(args) <= declared, name
+            assert args["PYTHON_IMAGE"] == "python:3.11-slim"
+            assert args["PIP_INDEX_URL"] == "https://pypi.org/simple"
+
+
+def test_images_are_chosen_by_variables_with_public_defaults() -> None:
+    local = {
+        **ENV, "REDIS_IMAGE": "local/redis", "FLOWER_IMAGE": "local/flower",
+        "PYTHON_IMAGE": "local/python", "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+        "CPU_TORCH_INDEX_URL": "http://127.0.0.1:9/simple",
+    }  # fmt: skip
+    services = load_project([COMPOSE], local)["services"]
+    assert services["redis"]["image"] == "local/redis"
+    assert services["flower"]["image"] == "local/flower"
+    for name in ("cpu-worker", "gpu-worker", "producer"):
+        assert services[name]["build"]["args"]["PYTHON_IMAGE"] == "local/python"
+        assert services[name]["build"]["args"]["PIP_INDEX_URL"] == "http://127.0.0.1:9/simple"
+    assert services["cpu-worker"]["build"]["args"]["TORCH_INDEX_URL"].startswith("http://127.")
+    defaults = load_project([COMPOSE], ENV)["services"]
+    assert defaults["flower"]["image"].startswith("mher/flower")
+
+
+def test_compose_file_works_with_compose_v1() -> None:
+    raw = yaml.safe_load(COMPOSE.read_text())
+    assert "name" not in raw  # v1: "'name' does not match any of the regexes"
+    assert read_env_file(ENV_EXAMPLE)["COMPOSE_PROJECT_NAME"] == "torchfleet"
+
+
+def test_producer_image_has_no_torch_but_reads_npy() -> None:
     runs = " ".join(args for instruction, args in stages()["producer"] if instruction == "RUN")
     assert "torch" not in runs.replace("torchfleet", "") and "[worker]" not in runs
+    requirements = " ".join(args for ins, args in stages()["requirements"] if ins == "RUN")
+    assert "--pick numpy --pick pybase64 > producer.txt" in requirements
 
 
 def test_compose_build_targets_exist(services: dict[str, Any]) -> None:
