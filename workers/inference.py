@@ -5,6 +5,7 @@ from __future__ import annotations
 import binascii
 import io
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -117,20 +118,32 @@ def preprocess_pixels(pixels: torch.Tensor, manifest: Manifest) -> torch.Tensor:
 
 
 def decode_images(images: list[ImagePayload], manifest: Manifest) -> torch.Tensor:
-    """PNG/JPEG files -> normalised batch, resized to the model's input size."""
+    """PNG/JPEG files (base64) -> normalised batch, resized to the model's input size."""
+    files = []
+    for i, image in enumerate(images):
+        try:
+            files.append(fast_base64.b64decode(image.data, validate=True))
+        except (binascii.Error, ValueError) as e:
+            raise BadTensor(f"image {i} is not valid base64: {e}") from e
+    return decode_image_files(files, manifest, [image.format for image in images])
+
+
+def decode_image_files(
+    files: Sequence[bytes], manifest: Manifest, formats: Sequence[str]
+) -> torch.Tensor:
+    """PNG/JPEG file bytes -> normalised batch, resized to the model's input size."""
     from PIL import Image, UnidentifiedImageError
 
     mode = "RGB" if manifest.preprocessing.channels == 3 else "L"
     size = manifest.preprocessing.image_size
     arrays = []
-    for i, image in enumerate(images):
+    for i, (data, image_format) in enumerate(zip(files, formats, strict=True)):
         try:
-            data = fast_base64.b64decode(image.data, validate=True)
             with Image.open(io.BytesIO(data)) as img:
                 img.load()
                 pixels = np.asarray(img.convert(mode).resize((size, size)), dtype=np.uint8)
-        except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as e:
-            raise BadTensor(f"image {i} could not be decoded as {image.format}: {e}") from e
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise BadTensor(f"image {i} could not be decoded as {image_format}: {e}") from e
         arrays.append(pixels if pixels.ndim == 3 else pixels[..., None])
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
     return preprocess_pixels(batch.contiguous(), manifest)

@@ -10,6 +10,7 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from shared.errors import InvalidJob
 from shared.settings import Settings
+from workers.lane import start_lane, stop_lane
 from workers.runtime import effective_settings, start_runtime, stop_runtime
 from workers.serving import prepare_serving
 
@@ -35,6 +36,7 @@ def _on_init(**_: Any) -> None:
 def _on_ready(sender: Any = None, **_: Any) -> None:
     rt = start_runtime(worker=getattr(sender, "hostname", None))
     prepare_serving(rt)  # cache options, metrics endpoint and cache counters, preload list
+    start_lane(rt, sender)  # the online lane's consumer, if this worker serves inference
     # Everything loaded so far (torch, Celery, the preloaded models) lives as long as the
     # process: out of the collector's sight, its full collections stop walking it mid-job.
     gc.collect()
@@ -44,4 +46,5 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
 
 @worker_shutdown.connect
 def _on_shutdown(**_: Any) -> None:
+    stop_lane()  # its last batch answered before the runtime's writes are flushed
     stop_runtime()
