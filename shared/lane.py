@@ -303,3 +303,22 @@ def result_meta(
         "task_id": request_id,
     }
     return json.dumps(meta, separators=(",", ":"))
+
+
+def encode_result_json(request_id: str, result_json: str) -> bytes:
+    """:func:`encode_result` for a result already encoded as JSON text."""
+    return f'{{"id":{json.dumps(request_id)},"result":{result_json}}}'.encode()
+
+
+def result_meta_json(request_id: str, result_json: str) -> str:
+    """:func:`result_meta` (SUCCESS) for a result already encoded as JSON text."""
+    tail = json.dumps(
+        {
+            "traceback": None,
+            "children": [],
+            "date_done": datetime.now(UTC).isoformat(),
+            "task_id": request_id,
+        },
+        separators=(",", ":"),
+    )
+    return f'{{"status":"SUCCESS","result":{result_json},{tail[1:]}'

@@ -106,7 +106,10 @@ class Settings(BaseSettings):
         "refused with Overloaded.",
     )
     lane_max_batch: int | None = Field(
-        default=None, gt=0, description="Requests a lane consumer reads at once; unset: max_batch."
+        default=None,
+        gt=0,
+        description="Requests a lane consumer reads (and runs) at once; unset: max_batch on a "
+        "GPU, at most 32 on a CPU (larger batches overflow its caches: slower per input).",
     )
     lane_block_ms: int = Field(
         default=500, ge=1, description="How long a consumer's read waits for requests."

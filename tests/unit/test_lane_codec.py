@@ -14,7 +14,7 @@ from PIL import Image
 from producers.lane import image_format, lane_payload
 from shared.celery_app import create_app
 from shared.errors import InvalidJob, TorchfleetError
-from shared.jobs import InferResult
+from shared.jobs import InferResult, Latency
 from shared.lane import (
     F_DATA,
     F_DEADLINE,
@@ -27,23 +27,16 @@ from shared.lane import (
     encode_error,
     encode_request,
     encode_result,
+    encode_result_json,
     reply_address,
     result_meta,
+    result_meta_json,
 )
 from shared.manifest import Manifest, Preprocessing
 from shared.names import lane_reply_key
 from shared.settings import Settings
-from workers.lane.batch import (
-    Entry,
-    GroupRun,
-    Pending,
-    decode_group,
-    group_by_model,
-    infer_result,
-    parse_entries,
-    predictions,
-    top_k_rows,
-)
+from workers.lane.answers import GroupAnswers, GroupRun, queued_ms, top_k_rows
+from workers.lane.batch import Entry, Pending, decode_group, group_by_model, parse_entries
 from workers.lane.recovery import parse_autoclaim
 
 REPLY = lane_reply_key("client-1")
@@ -237,20 +230,38 @@ def test_too_many_inputs_in_one_request_are_refused() -> None:
 
 
 # ---------------------------------------------------------------- answers
-def test_answers_carry_every_inferresult_field() -> None:
+def test_answers_are_inferresult_json_and_records_carry_the_stats_fields() -> None:
     (item,) = pending(sample(2))
     logits = torch.tensor([[0.1, 2.0, 0.3], [3.0, 0.0, 0.0]])
     scores, labels = top_k_rows(logits, 2)
-    preds = predictions(scores, labels, 2, MANIFEST.class_names)
-    assert [[p["label"] for p in row] for row in preds] == [[1, 2], [0, 1]]
-    assert preds[0][1]["name"] is None  # the manifest names only two classes
-    run = GroupRun("m", 1, "base", "d" * 64, "w", "cpu", True, 7, 0.0, 0.1, 0.2)
-    result = infer_result(
-        item.request, run, preds, read_at=1000.5, read_perf=0.0, wait_ms=0.3, post_ms=0.1
+    run = GroupRun('m"odel', 1, "base", "d" * 64, "w", "cpu", True, 7, 0.5, 0.1, 0.2)
+    answers = GroupAnswers(
+        run, MANIFEST.class_names, wait_ms=0.3, post_ms=0.1, total_ms=1.5, lane="cpu"
     )
-    parsed = InferResult.model_validate(result)
-    assert parsed.batch_size == 7 and parsed.cache_hit and parsed.job_id == "r0"
+    preds = answers.predictions(scores, labels, 2)
+    text = answers.result(item.request, preds, queued_ms(item.request, read_at=1000.5))
+    parsed = InferResult.model_validate_json(text)
+    assert [[p.label for p in row] for row in parsed.predictions] == [[1, 2], [0, 1]]
+    assert parsed.predictions[0][1].name is None  # the manifest names only two classes
+    assert parsed.predictions[0][0].score == pytest.approx(float(torch.softmax(logits, 1)[0, 1]))
+    assert (parsed.model, parsed.batch_size, parsed.cache_hit, parsed.job_id) == (
+        'm"odel',
+        7,
+        True,
+        "r0",
+    )
     assert parsed.latency.queued_ms == pytest.approx(500.0)
+    assert (parsed.latency.load_ms, parsed.latency.total_worker_ms) == (0.5, 1.5)
+    record = answers.stats_record(item.request, 500.0, 2)
+    assert {k: record[k] for k in ("job_id", "outcome", "inputs", "batch_size")} == {
+        "job_id": "r0", "outcome": "success", "inputs": "2", "batch_size": "7",
+    }  # fmt: skip
+    assert set(Latency.model_fields) <= set(record)
+    reply = decode_reply(encode_result_json("r0", text))
+    assert reply.result == json.loads(text)
+    backend = create_app(Settings()).backend
+    meta = backend.meta_from_decoded(json.loads(result_meta_json("r0", text)))
+    assert (meta["status"], meta["result"]) == ("SUCCESS", json.loads(text))
 
 
 # ---------------------------------------------------------------- XAUTOCLAIM shapes

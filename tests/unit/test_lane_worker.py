@@ -369,3 +369,23 @@ def test_entries_deleted_while_pending_leave_no_ghost_after_a_claim(
         assert client.xpending(stream, LANE_GROUP)["pending"] == 0
     finally:
         consumer.stop()
+
+
+def test_a_batchs_stats_records_land_as_ordinary_records(redis_client: redis.Redis) -> None:
+    from producers.aggregate import decode_record
+    from shared.names import KEY_STATS
+    from workers.lane.records import append_records
+
+    records = [
+        {"kind": "infer", "job_id": "a", "outcome": "success", "compute_ms": "0.5"},
+        {"kind": "infer", "job_id": "b\x00c", "outcome": "bad_tensor", "error": "x\x00y"},
+    ]
+    behind = WriteBehind(redis_client, background=False)
+    behind.add(append_records(records, 1000))
+    assert behind.flush() == 1
+    entries: Any = redis_client.xrange(KEY_STATS)
+    stored = [decode_record(fields) for _, fields in entries]
+    assert stored == [
+        {"kind": "infer", "job_id": "a", "outcome": "success", "compute_ms": 0.5},
+        {"kind": "infer", "job_id": "b?c", "outcome": "bad_tensor", "error": "x?y"},
+    ]

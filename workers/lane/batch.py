@@ -8,10 +8,8 @@ its bytes once and is viewed, not copied per input), and builds reply dicts dire
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -181,84 +179,6 @@ def _fits(batch: torch.Tensor, manifest: Manifest) -> torch.Tensor:
             f"{manifest.input_shape}: this model is not fed images"
         )
     return batch
-
-
-# ---------------------------------------------------------------- answers
-def top_k_rows(logits: torch.Tensor, k: int) -> tuple[list[list[float]], list[list[int]]]:
-    """Softmax scores and labels of the ``k`` most likely classes, per input (plain lists)."""
-    probs = torch.softmax(logits.float(), dim=1)
-    scores, labels = probs.topk(min(k, probs.shape[1]), dim=1)
-    return scores.tolist(), labels.tolist()
-
-
-def predictions(
-    scores: list[list[float]], labels: list[list[int]], k: int, names: Sequence[str]
-) -> list[list[dict[str, Any]]]:
-    """The ``predictions`` field of an InferResult, for one request's rows."""
-    count = len(names)
-    return [
-        [
-            {"label": c, "name": names[c] if c < count else None, "score": round(s, 6)}
-            for s, c in zip(row_s[:k], row_c[:k], strict=True)
-        ]
-        for row_s, row_c in zip(scores, labels, strict=True)
-    ]
-
-
-@dataclass(frozen=True, slots=True)
-class GroupRun:
-    """What one model group's forward shares across its requests."""
-
-    model: str
-    version: int
-    variant: str
-    digest: str
-    worker: str
-    device: str
-    cache_hit: bool
-    batch_size: int
-    load_ms: float
-    preprocess_ms: float
-    compute_ms: float
-
-
-def infer_result(
-    request: LaneRequest,
-    run: GroupRun,
-    preds: list[list[dict[str, Any]]],
-    *,
-    read_at: float,
-    read_perf: float,
-    wait_ms: float,
-    post_ms: float,
-) -> dict[str, Any]:
-    """The InferResult JSON of one request (the same fields as a Celery inference job's)."""
-    done = time.perf_counter()
-    queued = (read_at - request.submitted_at) * 1000 if request.submitted_at else 0.0
-    return {
-        "kind": "infer",
-        "schema_version": 1,
-        "job_id": request.request_id,
-        "model": run.model,
-        "version": run.version,
-        "variant": run.variant,
-        "model_digest": run.digest,
-        "predictions": preds,
-        "accuracy": None,
-        "latency": {
-            "queued_ms": round(max(0.0, queued), 3),
-            "batch_wait_ms": round(max(0.0, wait_ms), 3),
-            "load_ms": round(run.load_ms, 3),
-            "preprocess_ms": round(run.preprocess_ms, 3),
-            "compute_ms": round(run.compute_ms, 3),
-            "postprocess_ms": round(post_ms, 3),
-            "total_worker_ms": round((done - read_perf) * 1000, 3),
-        },
-        "cache_hit": run.cache_hit,
-        "batch_size": run.batch_size,
-        "worker": run.worker,
-        "device": run.device,
-    }
 
 
 def invalid_ref(pending: Iterable[Pending], error: ValueError) -> list[Refusal]:

@@ -16,29 +16,26 @@ import torch
 
 from shared.errors import DeviceFault, TorchfleetError
 from shared.jobs import ModelRef
-from shared.lane import encode_error, encode_result, result_meta
+from shared.lane import encode_error, encode_result_json, result_meta_json
 from shared.registry import Resolved
 from workers.batching import timed_forward
 from workers.cache import LoadedModel
 from workers.devices import describe
+from workers.lane.answers import GroupAnswers, GroupRun, queued_ms, top_k_rows
 from workers.lane.batch import (
     Entry,
-    GroupRun,
     Pending,
     Refusal,
     decode_group,
     group_by_model,
-    infer_result,
     invalid_ref,
     parse_entries,
-    predictions,
     refusal,
-    top_k_rows,
 )
 from workers.lane.faults import is_fatal
 from workers.lane.outbox import Outbox
 from workers.runtime import Runtime
-from workers.stats import infer_fields, stats_entry
+from workers.stats import stats_entry
 
 log = logging.getLogger("torchfleet.lane")
 FetchHashes = Callable[[list[str]], Mapping[str, Any]]
@@ -214,32 +211,26 @@ def _answer(
     lane: str,
 ) -> None:
     post_start = time.perf_counter()
-    k = max(p.request.top_k for p in kept)
-    scores, labels = top_k_rows(logits, k)
-    names = model.manifest.class_names
+    scores, labels = top_k_rows(logits, max(p.request.top_k for p in kept))
+    done = time.perf_counter()
+    answers = GroupAnswers(
+        run, model.manifest.class_names, wait_ms=wait_ms, lane=lane,
+        post_ms=(done - post_start) * 1000, total_ms=(done - clock.read_perf) * 1000,
+    )  # fmt: skip
     offset = 0
     for item, count in zip(kept, counts, strict=True):
         request = item.request
         rows = slice(offset, offset + count)
         offset += count
-        preds = predictions(scores[rows], labels[rows], request.top_k, names)
-        post_ms = (time.perf_counter() - post_start) * 1000
-        result = infer_result(
-            request, run, preds,
-            read_at=clock.read_at, read_perf=clock.read_perf, wait_ms=wait_ms, post_ms=post_ms,
-        )  # fmt: skip
-        served.outbox.reply(request.reply_to, encode_result(request.request_id, result))
+        queued = queued_ms(request, clock.read_at)
+        preds = answers.predictions(scores[rows], labels[rows], request.top_k)
+        result = answers.result(request, preds, queued)
+        served.outbox.reply(request.reply_to, encode_result_json(request.request_id, result))
         if request.store:
-            served.outbox.store(request.request_id, result_meta(request.request_id, result))
+            served.outbox.store(request.request_id, result_meta_json(request.request_id, result))
         served.outbox.ack(item.entry.stream, item.entry.entry_id)
-        served.records.append(_record(request.request_id, "success", result, lane))
+        served.records.append(answers.stats_record(request, queued, count))
         served.answered += 1
-
-
-def _record(request_id: str, outcome: str, result: dict[str, Any], lane: str) -> dict[str, str]:
-    return stats_entry(
-        kind="infer", job_id=request_id, outcome=outcome, lane=lane, **infer_fields(result)
-    )
 
 
 def _refuse(rt: Runtime, item: Refusal, served: Served, lane: str) -> None:
