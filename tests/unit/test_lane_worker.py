@@ -389,3 +389,46 @@ def test_a_batchs_stats_records_land_as_ordinary_records(redis_client: redis.Red
         {"kind": "infer", "job_id": "a", "outcome": "success", "compute_ms": 0.5},
         {"kind": "infer", "job_id": "b?c", "outcome": "bad_tensor", "error": "x?y"},
     ]
+
+
+def test_only_workers_that_serve_inference_with_the_lane_on_start_a_consumer(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    from types import SimpleNamespace
+
+    from workers.lane import start_lane, stop_lane
+
+    def celery_consumer(*queues: str) -> Any:
+        named = [SimpleNamespace(name=q) for q in queues]
+        return SimpleNamespace(task_consumer=SimpleNamespace(queues=named))
+
+    assert start_lane(make_runtime(settings, redis_client), celery_consumer("train")) is None
+    off = make_runtime(settings, redis_client, lane=False)
+    assert start_lane(off, celery_consumer("infer")) is None
+    consumer = start_lane(make_runtime(settings, redis_client), celery_consumer("train", "infer"))
+    try:
+        assert consumer is not None and consumer.lane == "cpu" and consumer.count == 32
+    finally:
+        stop_lane()
+
+
+def test_a_batch_that_raises_is_read_again_and_dead_lettered_not_lost(
+    lane_env: tuple[Settings, redis.Redis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, client = lane_env
+    rt = make_runtime(settings, client)
+    consumer = LaneConsumer(rt)
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("a bug in the batch path (injected)")
+
+    monkeypatch.setattr("workers.lane.consumer.serve_batch", broken)
+    lane = LaneClient(client, settings)
+    consumer.start()
+    try:
+        with pytest.raises(JobFailed) as caught:
+            lane.infer("any-model", inputs(), timeout=60)
+        assert caught.value.error_code == "dead_lettered"
+    finally:
+        consumer.stop()
+        lane.close()

@@ -170,6 +170,9 @@ class LaneConsumer:
                 backoff = min(BACKOFF_MAX_S, backoff * 2)
             except Exception:  # one bad batch must not end the lane
                 log.exception("lane %s: batch failed", self.lane)
+                # Its entries stay pending here: read them again (each read is a delivery,
+                # so a batch that always fails ends in the dead letters, not in a loop).
+                reread_own = True
                 self._stop.wait(backoff)
                 backoff = min(BACKOFF_MAX_S, backoff * 2)
         self._final_flush()
