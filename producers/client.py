@@ -14,9 +14,8 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -24,29 +23,32 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from pydantic import ValidationError
 
+from producers.grouping import aggregate_ids, send_group
 from producers.lane import LaneClient
+from producers.ops import fleet_status, stats_records
+from producers.specs import job_payload, validate_group, validate_job
+from producers.state import (
+    FINISHED,
+    JobState,
+    ProgressFn,
+    UnknownJob,
+    read_metas,
+    state_from_meta,
+)
 from shared.celery_app import create_app
 from shared.connection import redis_client
-from shared.errors import InputError, InvalidJob, JobFailed, JobTimeout, TorchfleetError
+from shared.errors import InvalidJob, JobFailed, JobTimeout
 from shared.jobs import (
-    CompressJob,
+    AnyJob,
     GroupSummary,
     InferJob,
     JobGroup,
     PipelineJob,
-    TrainJob,
     describe_errors,
-    parse_job,
 )
 from shared.names import (
-    ALL_QUEUES,
     DEVICE_KINDS,
-    KEY_DEADLETTER,
     KEY_GROUP_SUMMARY,
-    KEY_STATS,
-    KEY_WORKER,
-    PRIORITY_STEPS,
-    TASK_AGGREGATE,
     TASK_COMPRESS,
     TASK_INFER,
     TASK_PIPELINE,
@@ -57,11 +59,12 @@ from shared.names import (
     group_key,
     input_key,
     job_key,
-    queue_keys,
     transport_priority,
 )
 from shared.registry import ModelRegistry
 from shared.settings import Settings, get_settings
+
+__all__ = ["FINISHED", "Client", "JobState", "UnknownJob", "read_metas"]
 
 TASK_FOR_KIND = {
     "train": TASK_TRAIN,
@@ -69,47 +72,8 @@ TASK_FOR_KIND = {
     "infer": TASK_INFER,
     "pipeline": TASK_PIPELINE,
 }
-FINISHED = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 POLL_START_S = 0.002
 POLL_MAX_S = 0.25
-
-AnyJob = TrainJob | CompressJob | InferJob | PipelineJob
-STATS_PAGE = 10_000
-
-
-class UnknownJob(InputError):
-    """An id that was never submitted (or whose record expired with its result)."""
-
-    code = "unknown_job"
-
-
-ProgressFn = Callable[["JobState"], None]
-
-
-@dataclass
-class JobState:
-    """Where a job stands: its Celery state, its progress, and its result or error."""
-
-    job_id: str
-    status: str
-    progress: dict[str, Any] = field(default_factory=dict)
-    result: dict[str, Any] | None = None
-    error_code: str | None = None
-    error: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "status": self.status,
-            "progress": self.progress,
-            "result": self.result,
-            "error_code": self.error_code,
-            "error": self.error,
-        }
 
 
 class Client:
@@ -138,7 +102,7 @@ class Client:
         ``stored``: bytes the job refers to by key (large tensors), written with the job's
         record before its message is sent, and kept as long as results are.
         """
-        model = job if isinstance(job, AnyJob) else _validate(job)
+        model = job if isinstance(job, AnyJob) else validate_job(job)
         if isinstance(model, PipelineJob) and model.source is not None:
             self.registry.resolve(model.source)  # a missing source model fails here, not later
         job_id = job_id or uuid.uuid4().hex
@@ -146,7 +110,7 @@ class Client:
         try:
             self.app.send_task(
                 TASK_FOR_KIND[model.kind],
-                args=[_payload(model)],
+                args=[job_payload(model)],
                 task_id=job_id,
                 retry=True,
                 retry_policy={"max_retries": 10, "interval_start": 0.1, "interval_step": 0.5},
@@ -180,7 +144,7 @@ class Client:
 
     def submit_pipeline(self, *, job_id: str | None = None, **spec: Any) -> str:
         """Train (or take ``source``), compress, gate, promote, warm: a :class:`PipelineJob`."""
-        return self.submit(_validate({"kind": "pipeline", **spec}), job_id=job_id)
+        return self.submit(validate_job({"kind": "pipeline", **spec}), job_id=job_id)
 
     def submit_group(
         self,
@@ -194,7 +158,7 @@ class Client:
         With ``aggregate`` the jobs run as a Celery chord whose callback
         (``torchfleet.aggregate``) stores the group's summary inside the fleet.
         """
-        group = jobs if isinstance(jobs, JobGroup) else _validate_group(jobs)
+        group = jobs if isinstance(jobs, JobGroup) else validate_group(jobs)
         group_id = group_id or f"g-{uuid.uuid4().hex}"
         ids = [f"{group_id}-{i}" for i in range(len(group.jobs))]
         record = {"job_ids": ids, "created_at": time.time()}
@@ -204,25 +168,13 @@ class Client:
         signatures = [
             self.app.signature(
                 TASK_INFER,
-                args=(_payload(job),),
+                args=(job_payload(job),),
                 task_id=job_id,
                 **self._route(job, None),
             )
             for job, job_id in zip(group.jobs, ids, strict=True)
         ]
-        if not aggregate:
-            for signature in signatures:
-                signature.apply_async()
-            return group_id
-        from celery import chord
-
-        body, errback = (
-            self.app.signature(TASK_AGGREGATE, args=(group_id,), immutable=True, task_id=task_id)
-            for task_id in aggregate_ids(group_id)
-        )
-        # A failed member fails the chord; the same task, as its errback, still aggregates.
-        body.link_error(errback)
-        chord(signatures, app=self.app)(body)
+        send_group(self.app, signatures, group_id, aggregate=aggregate)
         return group_id
 
     def group_members(self, group_id: str) -> list[str]:
@@ -234,7 +186,7 @@ class Client:
 
     def group_results(self, group_id: str) -> GroupSummary:
         """Aggregate a group now: progress, outcomes, accuracy and latency percentiles."""
-        from producers.aggregate import member_from_meta, summarize_group
+        from shared.stats import member_from_meta, summarize_group
 
         metas = read_metas(self.app, self.group_members(group_id))
         return summarize_group(group_id, [member_from_meta(m) for m in metas])
@@ -259,10 +211,10 @@ class Client:
         return bool(self.redis.exists(group_key(group_id)))
 
     def submit_train(self, *, job_id: str | None = None, **spec: Any) -> str:
-        return self.submit(_validate({"kind": "train", **spec}), job_id=job_id)
+        return self.submit(validate_job({"kind": "train", **spec}), job_id=job_id)
 
     def submit_compress(self, *, job_id: str | None = None, **spec: Any) -> str:
-        return self.submit(_validate({"kind": "compress", **spec}), job_id=job_id)
+        return self.submit(validate_job({"kind": "compress", **spec}), job_id=job_id)
 
     def submit_infer(
         self, model: str, inputs: Any, *, job_id: str | None = None, **options: Any
@@ -293,7 +245,7 @@ class Client:
     # ------------------------------------------------------------- read
     def state(self, job_id: str) -> JobState:
         """The job's current state from the result backend (PENDING if unknown or queued)."""
-        return _state_from_meta(job_id, self.app.backend.get_task_meta(job_id))
+        return state_from_meta(job_id, self.app.backend.get_task_meta(job_id))
 
     def wait(
         self,
@@ -339,7 +291,7 @@ class Client:
             raise JobTimeout(
                 f"job {job_id} did not finish within {timeout} s ({state.status})"
             ) from None
-        return _state_from_meta(job_id, {"status": handle.state, "result": handle.result})
+        return state_from_meta(job_id, {"status": handle.state, "result": handle.result})
 
     def cancel(self, job_id: str) -> JobState:
         """Cancel a queued or running job; its state before the cancel.
@@ -360,59 +312,19 @@ class Client:
     # ------------------------------------------------------------ operations
     def status(self) -> dict[str, Any]:
         """Live workers (heartbeat records), queue depths per priority lane, dead letters."""
-        workers = []
-        for key in sorted(self.redis.scan_iter(match=f"{KEY_WORKER}*", count=500)):
-            raw = self.redis.get(key)
-            if raw:
-                workers.append(json.loads(raw))
-        names = [*ALL_QUEUES, *(device_queue(q, d) for d in DEVICE_KINDS for q in ALL_QUEUES)]
-        with self.redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                for key in queue_keys(name):
-                    pipe.llen(key)
-            pipe.llen(KEY_DEADLETTER)
-            counts = pipe.execute()
-        lanes = len(PRIORITY_STEPS)
-        queues = {}
-        for i, name in enumerate(names):
-            per_lane = counts[i * lanes : (i + 1) * lanes]
-            queues[name] = {
-                "depth": sum(per_lane),
-                "lanes": {str(s): int(n) for s, n in zip(PRIORITY_STEPS, per_lane, strict=True)},
-            }
-        return {
-            "time": time.time(),
-            "workers": sorted(workers, key=lambda w: str(w.get("name"))),
-            "queues": queues,
-            "deadletter": int(counts[-1]),
-        }
+        return fleet_status(self.redis)
 
     def stats_records(
         self, *, since_s: float | None = None, model: str | None = None
     ) -> list[dict[str, Any]]:
         """Records of the stats stream from ``since_s`` seconds ago (all kept if None)."""
-        from producers.aggregate import decode_record
-
-        start = f"{int((time.time() - since_s) * 1000)}-0" if since_s is not None else "-"
-        records: list[dict[str, Any]] = []
-        while True:
-            page: list[tuple[Any, Any]] = self.redis.xrange(  # type: ignore[assignment]
-                KEY_STATS, min=start, max="+", count=STATS_PAGE
-            )
-            records.extend(decode_record(fields) for _, fields in page)
-            if len(page) < STATS_PAGE:
-                break
-            last = page[-1][0].decode() if isinstance(page[-1][0], bytes) else page[-1][0]
-            start = f"({last}"
-        if model is not None:
-            records = [r for r in records if r.get("model") == model]
-        return records
+        return stats_records(self.redis, since_s=since_s, model=model)
 
     def stats(
         self, *, since_s: float | None = None, model: str | None = None
     ) -> list[dict[str, Any]]:
         """Count, error rate, throughput and latency percentiles by model/variant/device/worker."""
-        from producers.aggregate import group_stats
+        from shared.stats import group_stats
 
         return group_stats(self.stats_records(since_s=since_s, model=model), window_s=since_s)
 
@@ -435,66 +347,3 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def aggregate_ids(group_id: str) -> tuple[str, str]:
-    """Task ids of a group's chord callback and of its errback."""
-    return f"{group_id}-aggregate", f"{group_id}-aggregate-on-error"
-
-
-def read_metas(app: Celery, job_ids: list[str]) -> list[dict[str, Any] | None]:
-    """The raw result-backend JSON of many jobs in one MGET (None where there is none yet)."""
-    if not job_ids:
-        return []
-    backend = app.backend
-    raw = backend.client.mget([backend.get_key_for_task(job_id) for job_id in job_ids])
-    return [json.loads(value) if value else None for value in raw]
-
-
-def _payload(model: AnyJob) -> dict[str, Any]:
-    if isinstance(model, InferJob) and model.submitted_at is None:
-        model = model.model_copy(update={"submitted_at": time.time()})
-    return model.model_dump(mode="json", exclude_none=True)
-
-
-def _validate_group(jobs: Sequence[InferJob | dict[str, Any]]) -> JobGroup:
-    try:
-        return JobGroup.model_validate({"jobs": [_as_dict(j) for j in jobs]})
-    except ValidationError as e:
-        raise InvalidJob(f"invalid group: {describe_errors(e)}") from None
-
-
-def _as_dict(job: InferJob | dict[str, Any]) -> dict[str, Any]:
-    return job.model_dump(mode="json") if isinstance(job, InferJob) else job
-
-
-def _validate(spec: dict[str, Any]) -> AnyJob:
-    try:
-        return parse_job(spec)
-    except ValidationError as e:
-        raise InvalidJob(f"invalid job: {describe_errors(e)}") from None
-
-
-def _state_from_meta(job_id: str, meta: dict[str, Any]) -> JobState:
-    status = str(meta.get("status", "PENDING"))
-    payload = meta.get("result")
-    if status == "SUCCESS":
-        return JobState(job_id, status, result=payload if isinstance(payload, dict) else None)
-    if status == "FAILURE":
-        code, message = _error_of(payload, meta)
-        return JobState(job_id, status, error_code=code, error=message)
-    if status == "REVOKED":
-        return JobState(job_id, status, error_code="cancelled", error="job was cancelled")
-    progress = payload if isinstance(payload, dict) else {}
-    return JobState(job_id, status, progress=progress)
-
-
-def _error_of(payload: Any, meta: dict[str, Any]) -> tuple[str, str]:
-    """Error code and message from a FAILURE record (Celery rebuilds the exception)."""
-    if isinstance(payload, TorchfleetError):
-        return payload.code, str(payload)
-    if isinstance(payload, BaseException):
-        return type(payload).__name__, str(payload)
-    if isinstance(payload, dict):
-        return str(payload.get("exc_type", "error")), str(payload.get("exc_message", ""))
-    return "failed", str(payload or meta.get("traceback", "unknown error"))

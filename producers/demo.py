@@ -21,12 +21,12 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from producers.aggregate import percentile
 from producers.client import Client
 from producers.encoding import encode_array
 from shared.embedded import EmbeddedRedis
 from shared.errors import BrokerUnavailable
 from shared.settings import Settings, get_settings
+from shared.stats import percentile
 
 TRAIN_SAMPLES = 1500
 DEMO_MODEL = "demo-digits"

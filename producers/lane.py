@@ -38,7 +38,7 @@ import redis
 
 from shared.errors import InvalidJob, JobFailed, JobTimeout, Overloaded
 from shared.lane import IMAGE_FORMATS, decode_reply, encode_request
-from shared.names import DEVICE_KINDS, HIGH_PRIORITY, job_key, lane_reply_key, lane_stream
+from shared.names import DEVICE_KINDS, LANE_HIGH_PRIORITY, job_key, lane_reply_key, lane_stream
 from shared.settings import Settings
 
 log = logging.getLogger("torchfleet.lane")
@@ -120,7 +120,7 @@ class LaneClient:
             self._futures[request_id] = future
         self._ensure_listener()
         try:
-            self._send(lane, priority >= HIGH_PRIORITY, fields, request_id if store else None)
+            self._send(lane, priority >= LANE_HIGH_PRIORITY, fields, request_id if store else None)
         except BaseException:
             self._forget_id(request_id)
             raise

@@ -68,7 +68,7 @@ def plot_latency(
     jobs that carry ``field`` count (``wall_ms`` covers every job kind). Returns the plotted
     figures: the bucket width and the per-bucket and per-worker percentiles.
     """
-    from producers.aggregate import bucket_stats, choose_bucket_s, group_stats
+    from shared.stats import bucket_stats, choose_bucket_s, group_stats
 
     usable = [r for r in records if r.get("outcome") == "success" and field in r]
     if not usable:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from rich.console import Console
@@ -27,9 +28,7 @@ def render_result(console: Console, result: dict[str, Any]) -> None:
     elif kind == "compress":
         render_compress(console, result)
     elif kind == "pipeline":
-        from producers.commands.pipeline import render
-
-        render(result)
+        render_pipeline(console, result)
     else:
         console.print_json(data=result)
 
@@ -88,6 +87,26 @@ def render_compress(console: Console, result: dict[str, Any]) -> None:
             console.print(f"[dim]{variant.variant}: {note}[/]")
     if parsed.promoted:
         console.print(f"promoted: [bold]{parsed.promoted}[/]")
+
+
+def render_pipeline(console: Console, result: dict[str, Any]) -> None:
+    """A pipeline's stages as a table, then what it promoted (or why nothing)."""
+    table = Table("stage", "status", "seconds", "detail", title=f"pipeline {result['job_id']}")
+    for stage in result.get("stages", []):
+        detail = stage.get("error") or json.dumps(stage.get("detail", {}))[:90]
+        table.add_row(stage["stage"], stage["status"], f"{stage['seconds']:.2f}", detail)
+    console.print(table)
+    if result.get("promoted"):
+        console.print(
+            f"{result['model']}@{result['alias']} -> {result['promoted']} "
+            f"(was {result.get('previous') or 'unset'}); "
+            f"warmed on {len(result['warmed'])} worker(s)"
+        )
+    else:
+        console.print(
+            f"{result['status']}: {result.get('error') or 'nothing promoted'}; "
+            f"{result['model']}@{result['alias']} unchanged"
+        )
 
 
 def render_progress_text(progress: dict[str, Any]) -> str:

@@ -13,47 +13,40 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from producers.bench.load import drive, infer_call, sample_inputs
+from producers.bench.plan import INPUT_SHAPE, Plan
+from producers.bench.run import bench_environment
 from producers.client import Client
-from producers.commands.bench import (
-    INPUT_SHAPE,
-    Plan,
-    bench_environment,
-    drive,
-    infer_call,
-    launch_worker,
-    machine,
-    register_model,
-    sample_inputs,
-    stop_worker,
-    wait_ready,
-)
 from producers.encoding import encode_array
+from workers.bench.floor import machine
+from workers.bench.harness import bench_worker, register_bench_model
 
 
 def ab(arch: str, *, rounds: int, producers: int, jobs: int, threads: int) -> dict[str, Any]:
     """Inputs/s with batching on and off, round by round, for one architecture."""
-    plan = Plan(threads=threads)
     runs: dict[str, list[float]] = {"batched": [], "unbatched": []}
     with bench_environment(True) as (settings, env), tempfile.TemporaryDirectory() as logs:
         env["TORCHFLEET_TORCH_THREADS"] = str(threads)
-        ref, _ = register_model(settings, arch)
+        ref = register_bench_model(settings, arch).ref
         payload = encode_array(sample_inputs(1, list(INPUT_SHAPE)))
         with Client(settings) as client:
             for _ in range(rounds):
                 for arm, batching in (("batched", True), ("unbatched", False)):
-                    worker = launch_worker(env, plan, batching=batching, log_dir=logs)
+                    worker = bench_worker(
+                        env,
+                        batching=batching,
+                        concurrency=Plan().concurrency,
+                        device="cpu",
+                        log_dir=logs,
+                    )
                     try:
-                        wait_ready(client, worker)
+                        worker.wait_ready(client)
                         latencies, wall = drive(producers, jobs, infer_call(client, ref, payload))
                     finally:
-                        stop_worker(worker)
+                        worker.stop()
                     runs[arm].append(round(len(latencies) / wall, 2))
     batched, unbatched = (statistics.median(runs[a]) for a in ("batched", "unbatched"))
     return {

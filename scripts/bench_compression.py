@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -26,8 +25,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.jobs import (
     DatasetSpec,
@@ -39,6 +36,7 @@ from shared.jobs import (
 )
 from shared.manifest import Manifest
 from workers.artifacts import ArtifactStore, from_safetensors, to_safetensors
+from workers.compression import METHODS
 from workers.compression.distillation import (
     cross_entropy,
     distill,
@@ -52,7 +50,7 @@ from workers.compression.evaluation import (
     latencies,
     stored_tensors,
 )
-from workers.compression.steps import STEPS, ModelState, Sample, StepEnv
+from workers.compression.steps import ModelState, Sample, StepEnv
 from workers.modelio import build_module
 from workers.zoo.datasets import load_dataset
 from workers.zoo.models import MODELS, create_model
@@ -191,7 +189,7 @@ def bar_dynamic(setup: Setup) -> dict[str, Any]:
     module = train("mlp", kwargs, train_set, epochs=3 if setup.quick else 8, lr=1e-3)
     float_state = source(module, "mlp", kwargs, [2, 16, 16])
     env = env_for(train_set, val, setup.store)
-    int8 = STEPS.get("quantize_dynamic")(QuantizeDynamicStep(), float_state, env)
+    int8 = METHODS.apply(QuantizeDynamicStep(), float_state, env)
     rows = measure({"float": float_state, "compressed": int8}, val, 64, setup)
     targets = {"speedup": 2.5, "smaller": 3.5, "max_drop": 0.5}
     return compare("dynamic int8, MLP 512-1024-1024-10", rows, 64, targets)
@@ -204,7 +202,7 @@ def bar_static(arch: str, size: int, epochs: int, setup: Setup) -> dict[str, Any
     float_state = source(module, arch, kwargs, [3, size, size])
     env = env_for(train_set, val, setup.store)
     step = QuantizeStaticStep(calibration_samples=256)
-    int8 = STEPS.get("quantize_static")(step, float_state, env)
+    int8 = METHODS.apply(step, float_state, env)
     rows = measure({"float": float_state, "compressed": int8}, val, 32, setup)
     label = f"static int8, {arch} 3x{size}x{size}"
     return compare(label, rows, 32, {"speedup": 2.0, "max_drop": 1.0})
@@ -216,10 +214,8 @@ def bar_structured(setup: Setup) -> dict[str, Any]:
     module = train("cifar_cnn", kwargs, train_set, epochs=cnn_epochs(setup), lr=1e-3)
     float_state = source(module, "cifar_cnn", kwargs, [3, 32, 32])
     env = env_for(train_set, val, setup.store)
-    pruned = STEPS.get("prune_structured")(PruneStructuredStep(amount=0.5), float_state, env)
-    tuned = STEPS.get("finetune")(
-        FinetuneStep(epochs=2 if setup.quick else 4, lr=0.01), pruned, env
-    )
+    pruned = METHODS.apply(PruneStructuredStep(amount=0.5), float_state, env)
+    tuned = METHODS.apply(FinetuneStep(epochs=2 if setup.quick else 4, lr=0.01), pruned, env)
     rows = measure({"float": float_state, "compressed": tuned}, val, 32, setup)
     return compare(
         "structured 50% channels + fine-tune, cifar_cnn",

@@ -11,9 +11,6 @@ redis-server and worker processes; without it the running fleet is measured.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from producers.cli import app
 

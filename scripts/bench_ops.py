@@ -17,19 +17,15 @@ import json
 import platform
 import random
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from producers.aggregate import member_from_meta, summarize_group
 from producers.client import Client
 from shared.embedded import EmbeddedRedis
 from shared.names import KEY_STATS, KEY_WORKER
 from shared.settings import Settings
+from shared.stats import member_from_meta, summarize_group
 
 
 def fill(client: Client, records: int, seed: int = 0) -> None:

@@ -20,13 +20,9 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis
 import torch
@@ -37,11 +33,12 @@ from shared.embedded import EmbeddedRedis
 from shared.jobs import TrainJob
 from shared.registry import ModelRegistry
 from shared.settings import Settings
-from workers import training
 from workers.artifacts import ArtifactStore
 from workers.context import JobContext
+from workers.jobs import training
+from workers.jobs.training import execute
+from workers.train import run
 from workers.train.loop import ProgressReporter
-from workers.training import execute
 from workers.zoo.datasets import load_dataset
 from workers.zoo.models import create_model
 
@@ -99,7 +96,7 @@ def bare_loop(job: TrainJob) -> float:
 
 # What execute() does on top of the training math, timed function by function.
 FLEET_PARTS: dict[str, tuple[Any, str]] = {
-    "dry_run": (training, "check_fits"),
+    "dry_run": (run, "check_fits"),
     "resume": (training, "resume"),
     "checkpoint": (training, "save_checkpoint"),
     "progress": (ProgressReporter, "step"),

@@ -153,3 +153,12 @@ ERRORS_BY_CODE: dict[str, type[TorchfleetError]] = {
         Overloaded,
     )
 }
+
+
+class PathNotAllowed(InputError):
+    """A dataset path outside the worker's data roots (or leading out of them by a link)."""
+
+    code = "path_not_allowed"
+
+
+ERRORS_BY_CODE[PathNotAllowed.code] = PathNotAllowed

@@ -48,10 +48,37 @@ KEY_WORKER: Final = KEY_PREFIX + "worker:"  # worker:{hostname} -> heartbeat rec
 KEY_GPU_LEASE: Final = KEY_PREFIX + "gpu-lease:"  # gpu-lease:{uuid} -> worker hostname
 KEY_DEADLETTER: Final = KEY_PREFIX + "deadletter"
 KEY_DELIVERIES: Final = KEY_PREFIX + "deliveries:"  # deliveries:{job_id} -> count
+# Keys Celery and kombu own (their defaults), read by the fleet's reliability code.
+RESULT_PREFIX: Final = "celery-task-meta-"  # celery-task-meta-{id} -> JSON result record
+KOMBU_UNACKED: Final = "unacked"  # hash: delivery tag -> [message, exchange, routing key]
+KOMBU_UNACKED_INDEX: Final = "unacked_index"  # sorted set: delivery tag -> delivered at
 
 
 def model_key(name: str) -> str:
     return f"{KEY_MODEL}{name}"
+
+
+def worker_key(name: str) -> str:
+    """A worker's heartbeat record."""
+    return f"{KEY_WORKER}{name}"
+
+
+WORKER_KEYS: Final = f"{KEY_WORKER}*"  # the SCAN pattern of every heartbeat record
+
+
+def lease_key(gpu_uuid: str) -> str:
+    """The lease a worker holds on one GPU."""
+    return f"{KEY_GPU_LEASE}{gpu_uuid}"
+
+
+def deliveries_key(job_id: str) -> str:
+    """The hash counting a job's deliveries (``delivered``, ``executed``)."""
+    return f"{KEY_DELIVERIES}{job_id}"
+
+
+def result_key(job_id: str) -> str:
+    """Where Celery's Redis backend keeps a job's result record."""
+    return f"{RESULT_PREFIX}{job_id}"
 
 
 DEVICE_KINDS: Final = ("cpu", "cuda")
@@ -60,7 +87,6 @@ DEVICE_KINDS: Final = ("cpu", "cuda")
 PRIORITY_STEPS: Final = (0, 3, 6, 9)
 PRIORITY_SEP: Final = "\x06\x16"  # kombu's default separator: queue + SEP + step
 MAX_PRIORITY: Final = 9
-HIGH_PRIORITY: Final = 7
 
 KEY_JOB: Final = KEY_PREFIX + "job:"  # job:{id} -> kind, set at submit (tells unknown ids)
 KEY_CANCEL: Final = KEY_PREFIX + "cancel:"  # cancel:{id} -> flag checked between epochs
@@ -100,6 +126,14 @@ def input_key(job_id: str) -> str:
     return f"{KEY_INPUT}{job_id}"
 
 
+def group_summary_key(group_id: str) -> str:
+    return f"{KEY_GROUP_SUMMARY}{group_id}"
+
+
+def pipeline_key(job_id: str) -> str:
+    return f"{KEY_PIPELINE}{job_id}"
+
+
 def job_key(job_id: str) -> str:
     return f"{KEY_JOB}{job_id}"
 
@@ -120,6 +154,7 @@ TASK_LANE: Final = "torchfleet.lane"  # the task name a lane request's dead lett
 CONTROL_LANE: Final = "torchfleet_lane"  # broadcast control command: pause, resume, status
 LANE_GROUP: Final = "workers"  # the consumer group every worker of a device kind joins
 KEY_LANE_REPLY: Final = KEY_PREFIX + "lane-reply:"  # lane-reply:{client} -> list of replies
+LANE_HIGH_PRIORITY: Final = 7  # a request of this priority or more takes the high stream
 
 
 def lane_tag(device: str) -> str:

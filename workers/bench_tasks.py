@@ -12,10 +12,10 @@ import torch
 
 from shared.jobs import InferJob
 from shared.names import TASK_NAIVE_INFER
+from workers.app import app
 from workers.inference import decode_inputs
 from workers.modelio import build_module
 from workers.runtime import get_runtime
-from workers.tasks import app
 
 
 @app.task(name=TASK_NAIVE_INFER)

@@ -24,6 +24,7 @@ from shared.errors import IntegrityError, InvalidJob, UnsafeArtifact
 from shared.manifest import Manifest
 from workers.artifacts import ArtifactStore, Tensors
 from workers.modelio import build_module
+from workers.onnx_runtime import OnnxBackend, onnx_export_record, read_export
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 CacheKey = tuple[str, str | None]
@@ -220,8 +221,6 @@ def eager_runner(
 
 def onnx_runner(store: ArtifactStore, manifest: Manifest, threads: int | None) -> Runner:
     """The variant's ONNX export (sha256-checked) in an ONNX Runtime session on the CPU."""
-    from workers.backends import OnnxBackend, onnx_export_record, read_export
-
     try:
         record = onnx_export_record(manifest)
     except IntegrityError as e:

@@ -6,8 +6,9 @@
   stops at its next progress report (training: every epoch) as REVOKED.
 * A worker on ``cpu`` or ``cuda`` also consumes ``{queue}.{device}`` for each of its queues,
   so a job that asks for a device reaches only workers that have it.
-* ``torchfleet_warm`` is a broadcast control command: inference workers load a digest into
-  their cache, so the first request after a promotion pays no load time.
+* ``torchfleet_warm`` is a broadcast control command (registered when the worker starts,
+  :mod:`workers.signals`): inference workers load a digest into their cache, so the first
+  request after a promotion pays no load time.
 """
 
 from __future__ import annotations
@@ -20,26 +21,22 @@ from typing import Any, NoReturn
 import redis
 from celery import Task
 from celery.exceptions import Ignore
-from celery.signals import worker_ready, worker_shutdown
-from celery.worker.control import control_command
 
 from shared.errors import JobExpired, TorchfleetError
 from shared.names import (
     ALL_QUEUES,
-    CONTROL_WARM,
     DEVICE_KINDS,
     QUEUE_INFER,
     cancel_key,
     device_queue,
 )
 from workers.context import ProgressFn
-from workers.heartbeat import Heartbeat
-from workers.runtime import Runtime, get_runtime, start_runtime
+from workers.heartbeat import poke_heartbeat
+from workers.runtime import Runtime, get_runtime
 
 log = logging.getLogger("torchfleet.worker")
 
 CANCEL_CHECK_INTERVAL_S = 0.5
-_heartbeat: Heartbeat | None = None
 
 
 class JobCancelled(TorchfleetError):
@@ -114,12 +111,10 @@ def warm(rt: Runtime, digests: list[str]) -> dict[str, Any]:
             errors[digest] = f"{e.code}: {e}"
             continue
         loaded[digest] = round(load_ms, 3)
-    if _heartbeat is not None:
-        _heartbeat.poke()
+    poke_heartbeat()
     return {"worker": rt.worker, "loaded": loaded, "errors": errors}
 
 
-@control_command(args=[("digests", list)], signature="<digest> [digest ...]", name=CONTROL_WARM)
 def torchfleet_warm(state: Any, digests: list[str]) -> dict[str, Any]:
     """Preload models on inference workers; others answer ``skipped``."""
     if not serves_inference(consumed_queues(state.consumer)):
@@ -127,24 +122,7 @@ def torchfleet_warm(state: Any, digests: list[str]) -> dict[str, Any]:
     return warm(get_runtime(), list(digests))
 
 
-# ------------------------------------------------------------------ start-up
-@worker_ready.connect
-def _on_ready(sender: Any = None, **_: Any) -> None:
-    global _heartbeat
-    rt = start_runtime(worker=getattr(sender, "hostname", None))
-    add_device_queues(sender, rt)
-    _heartbeat = Heartbeat(rt, queues=lambda: consumed_queues(sender))
-    _heartbeat.start()
-
-
-@worker_shutdown.connect
-def _on_shutdown(**_: Any) -> None:
-    global _heartbeat
-    if _heartbeat is not None:
-        _heartbeat.stop()
-        _heartbeat = None
-
-
+# ------------------------------------------------------------------ device queues
 def add_device_queues(consumer: Any, rt: Runtime) -> None:
     """Also consume ``{queue}.{device}`` for each shared queue this worker reads."""
     if consumer is None or rt.device.type not in DEVICE_KINDS:
@@ -152,9 +130,3 @@ def add_device_queues(consumer: Any, rt: Runtime) -> None:
     for queue in consumed_queues(consumer):
         if queue in ALL_QUEUES:
             consumer.add_task_queue(device_queue(queue, rt.device.type))
-
-
-def poke_heartbeat() -> None:
-    """Refresh the heartbeat record soon (after a job), so status shows fresh counters."""
-    if _heartbeat is not None:
-        _heartbeat.poke()

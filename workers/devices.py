@@ -16,7 +16,7 @@ import redis
 import torch
 
 from shared.errors import InvalidJob, ResourceExhausted
-from shared.names import KEY_GPU_LEASE
+from shared.names import lease_key
 
 RELEASE_IF_OWNER = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
@@ -41,7 +41,7 @@ class GpuLease:
 
     @property
     def key(self) -> str:
-        return f"{KEY_GPU_LEASE}{self.uuid}"
+        return lease_key(self.uuid)
 
     def start_heartbeat(self) -> None:
         thread = threading.Thread(target=self._beat, name="gpu-lease", daemon=True)
@@ -59,7 +59,7 @@ class GpuLease:
 def claim_gpu(client: redis.Redis, uuids: Sequence[str], owner: str, ttl_s: int) -> GpuLease | None:
     """Claim the first GPU nobody holds; None when every one is taken."""
     for index, uuid in enumerate(uuids):
-        if client.set(f"{KEY_GPU_LEASE}{uuid}", owner, nx=True, ex=ttl_s):
+        if client.set(lease_key(uuid), owner, nx=True, ex=ttl_s):
             return GpuLease(client=client, uuid=uuid, index=index, owner=owner, ttl_s=ttl_s)
     return None
 

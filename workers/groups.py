@@ -7,11 +7,11 @@ from typing import Any
 
 from celery import Task
 
-from producers.aggregate import member_from_meta, summarize_group
 from shared.errors import InvalidJob
-from shared.names import KEY_GROUP_SUMMARY, TASK_AGGREGATE, group_key
+from shared.names import TASK_AGGREGATE, group_key, group_summary_key
+from shared.stats import member_from_meta, summarize_group
+from workers.app import app
 from workers.runtime import get_runtime
-from workers.tasks import app
 
 
 @app.task(name=TASK_AGGREGATE, bind=True, throws=(InvalidJob,))
@@ -27,5 +27,5 @@ def aggregate(self: Task, group_id: str, *_: Any) -> dict[str, Any]:
     members = [member_from_meta(json.loads(m) if m else None) for m in metas]
     summary = summarize_group(group_id, members, by=rt.worker)
     document = summary.model_dump_json()
-    rt.client.set(f"{KEY_GROUP_SUMMARY}{group_id}", document, ex=rt.settings.result_ttl_s)
+    rt.client.set(group_summary_key(group_id), document, ex=rt.settings.result_ttl_s)
     return summary.model_dump(mode="json")

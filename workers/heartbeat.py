@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from shared.names import KEY_WORKER
+from shared.names import worker_key
 from workers.runtime import Runtime
 
 log = logging.getLogger("torchfleet.worker")
@@ -26,10 +26,6 @@ log = logging.getLogger("torchfleet.worker")
 DEFAULT_INTERVAL_S = 5.0
 TTL_INTERVALS = 3
 MIN_GAP_S = 0.2  # pokes closer together than this share one write
-
-
-def worker_key(name: str) -> str:
-    return f"{KEY_WORKER}{name}"
 
 
 def worker_record(rt: Runtime, queues: list[str], started_at: float) -> dict[str, Any]:
@@ -100,3 +96,28 @@ class Heartbeat:
             self._wake.clear()
             self.beat()
             self._stop.wait(MIN_GAP_S)
+
+
+_current: Heartbeat | None = None
+
+
+def start_heartbeat(rt: Runtime, queues: Callable[[], list[str]]) -> None:
+    """Worker start-up: begin beating (one heartbeat per process)."""
+    global _current
+    stop_heartbeat()
+    _current = Heartbeat(rt, queues=queues)
+    _current.start()
+
+
+def stop_heartbeat() -> None:
+    """Worker shutdown: stop beating and delete the record."""
+    global _current
+    if _current is not None:
+        _current.stop()
+        _current = None
+
+
+def poke_heartbeat() -> None:
+    """Refresh the heartbeat record soon (after a job), so status shows fresh counters."""
+    if _current is not None:
+        _current.poke()

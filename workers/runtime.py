@@ -1,7 +1,7 @@
 """The worker's long-lived state: settings, Redis, registry, store, device, cache and batcher.
 
-Built once per worker process, after any fork, by :func:`start_runtime` (called from the
-worker-ready signal) or lazily by the first task.
+Built once per worker process by :func:`start_runtime`, which the worker start path calls
+(:func:`workers.main.prepare_worker`); a task run outside a worker builds it lazily.
 """
 
 from __future__ import annotations

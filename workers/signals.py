@@ -1,40 +1,65 @@
-"""Worker start-up and shutdown: security check, device pinning, cache warm-up, lease release."""
+"""Every worker lifecycle hook, in the order it runs, connected when the worker starts.
+
+:func:`connect_signals` is called by the worker start path (:mod:`workers.main`), never on
+import. Celery calls the receivers of a signal in the order they were connected:
+
+* ``worker_init``: guard kombu's Redis transport, import the plugins from settings;
+* ``worker_ready``: also consume the device's own queues, start the heartbeat and the
+  visibility keeper, prepare serving (cache options, metrics, preload list), start the
+  online lane's consumer, then freeze what is loaded out of the garbage collector's sight;
+* ``worker_shutdown``: stop the lane's consumer (its last batch answered), the heartbeat
+  and the keeper, flush the pending writes and
+  release the GPU lease, and exit with the code a device fault asked for.
+"""
 
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from celery.signals import worker_init, worker_ready, worker_shutdown
+from celery.worker.control import control_command
 
-from shared.errors import InvalidJob
-from shared.settings import Settings
+from shared.connection import redis_client
+from shared.names import CONTROL_WARM
+from workers import transport
+from workers.control import add_device_queues, consumed_queues, torchfleet_warm
+from workers.faults import exit_with_requested_code
+from workers.heartbeat import start_heartbeat, stop_heartbeat
+from workers.jobs.serving import prepare_serving
 from workers.lane import start_lane, stop_lane
-from workers.runtime import effective_settings, start_runtime, stop_runtime
-from workers.serving import prepare_serving
+from workers.lane.control import register_lane_command
+from workers.runtime import effective_settings, get_runtime, stop_runtime
 
 log = logging.getLogger("torchfleet.worker")
 
 
-def check_security(settings: Settings) -> None:
-    """Refuse a non-loopback Redis without a password unless explicitly allowed."""
-    if settings.is_loopback() or settings.has_password() or settings.allow_insecure_redis:
-        return
-    raise InvalidJob(
-        "refusing to start: Redis at a non-loopback address with no password. Set "
-        "TORCHFLEET_REDIS_PASSWORD (or put it in the URL), or TORCHFLEET_ALLOW_INSECURE_REDIS=1"
+def connect_signals() -> None:
+    """Connect the worker's lifecycle hooks and register its control commands (idempotent)."""
+    worker_init.connect(on_init, dispatch_uid="torchfleet.init")
+    worker_ready.connect(on_ready, dispatch_uid="torchfleet.ready")
+    worker_shutdown.connect(on_shutdown, dispatch_uid="torchfleet.shutdown")
+    control_command(args=[("digests", list)], signature="<digest> [digest ...]", name=CONTROL_WARM)(
+        torchfleet_warm
     )
+    register_lane_command()
 
 
-@worker_init.connect
-def _on_init(**_: Any) -> None:
-    check_security(effective_settings())
+def on_init(**_: Any) -> None:
+    """Before the consumer starts: the transport guards and the plugins."""
+    transport.guard_transport()
+    load_plugins(effective_settings().plugins)
 
 
-@worker_ready.connect
-def _on_ready(sender: Any = None, **_: Any) -> None:
-    rt = start_runtime(worker=getattr(sender, "hostname", None))
+def on_ready(sender: Any = None, **_: Any) -> None:
+    """The consumer is up: device queues, heartbeat, keeper, serving, the lane, gc freeze."""
+    rt = get_runtime()
+    add_device_queues(sender, rt)
+    start_heartbeat(rt, queues=lambda: consumed_queues(sender))
+    transport.start_keeper(redis_client(rt.settings), rt.settings.visibility_timeout_s)
     prepare_serving(rt)  # cache options, metrics endpoint and cache counters, preload list
     start_lane(rt, sender)  # the online lane's consumer, if this worker serves inference
     # Everything loaded so far (torch, Celery, the preloaded models) lives as long as the
@@ -44,7 +69,19 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     log.info("torchfleet worker %s ready on %s", rt.worker, rt.device)
 
 
-@worker_shutdown.connect
-def _on_shutdown(**_: Any) -> None:
+def on_shutdown(**_: Any) -> None:
+    """Stop the threads, do the pending writes, release the lease, exit with the asked code."""
     stop_lane()  # its last batch answered before the runtime's writes are flushed
+    transport.stop_keeper()
+    stop_heartbeat()
     stop_runtime()
+    exit_with_requested_code()
+
+
+def load_plugins(modules: Iterable[str]) -> list[str]:
+    """Import modules named in ``settings.plugins`` (extra architectures or datasets)."""
+    loaded = []
+    for name in modules:
+        importlib.import_module(name)
+        loaded.append(name)
+    return loaded

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from producers.client import Client
+from shared.deadletter import list_dead_letters, requeue
 from tests.fleet import recorded
 from tests.integration.chaos_harness import (
     ChaosFleet,
@@ -28,8 +29,8 @@ from tests.integration.chaos_harness import (
     submit_many,
     wait_status,
 )
-from tests.integration.chaos_models import MODE_FATAL, MODE_HOLD, MODE_KILL, MODE_OOM
-from workers.reliability import EXIT_DEVICE_FAULT, list_dead_letters, requeue
+from workers.bench.chaos_models import MODE_FATAL, MODE_HOLD, MODE_KILL, MODE_OOM
+from workers.faults import EXIT_DEVICE_FAULT
 
 pytestmark = [
     pytest.mark.integration,
@@ -177,7 +178,7 @@ def test_a_poison_job_is_dead_lettered_after_max_deliveries(fleet: ChaosFleet) -
 
 
 def test_a_requeued_dead_letter_runs_again_under_its_own_id(fleet: ChaosFleet) -> None:
-    from workers.reliability import DeadLetter, dead_letter
+    from shared.deadletter import DeadLetter, dead_letter
 
     model = register_chaos(fleet.settings)
     worker = fleet.worker()

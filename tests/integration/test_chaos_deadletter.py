@@ -10,11 +10,11 @@ import pytest
 
 from producers.client import Client
 from producers.encoding import encode_array
+from shared.deadletter import DeadLetter, dead_letter, delivery_counts, list_dead_letters
 from shared.settings import Settings
 from tests.fleet import WorkerProcess
 from tests.integration.test_cli import torchfleet
 from tests.integration.test_infer import register_cnn
-from workers.reliability import DeadLetter, dead_letter, delivery_counts, list_dead_letters
 
 pytestmark = pytest.mark.integration
 

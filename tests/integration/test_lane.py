@@ -39,9 +39,9 @@ from tests.integration.chaos_harness import (
     open_fleet,
     register_chaos,
 )
-from tests.integration.chaos_models import MODE_HOLD
 from tests.integration.test_infer import batch, expected_labels
 from tests.integration.test_realtime import add_variant
+from workers.bench.chaos_models import MODE_HOLD
 
 pytestmark = pytest.mark.integration
 WAIT_S = 120

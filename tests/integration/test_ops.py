@@ -50,9 +50,11 @@ def test_status_shows_the_worker_with_device_queues_cache_and_jobs_done(
     done_before = before["jobs"].get("success", 0)
     for seed in range(3):
         client.wait(client.submit_infer(cnn.name, batch(2, seed)), timeout=WAIT_S)
+    answered = time.time()  # a record written before this may predate the jobs it counts
     record = until(
         lambda: (
             (r := own_record(client, worker.name))
+            and r["last_seen"] > answered
             and r["jobs"].get("success", 0) >= done_before + 3
             and r
         ),
@@ -224,7 +226,7 @@ def test_cancel_stops_a_running_training_job_between_epochs(
     job_id = client.submit_train(
         model_name=name,
         arch="mlp",
-        epochs=5000,
+        epochs=1000,  # the most a job may ask for; cancelled after the first
         batch_size=32,
         dataset={"name": "digits", "limit": 200, "image_size": 8, "channels": 1},
     )

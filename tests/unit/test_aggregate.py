@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producers.aggregate import (
+from shared.errors import InputError
+from shared.stats import (
     Member,
     bucket_stats,
     choose_bucket_s,
@@ -18,7 +19,6 @@ from producers.aggregate import (
     percentile,
     summarize_group,
 )
-from shared.errors import InputError
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from shared.errors import ResourceExhausted
 from shared.manifest import Manifest
 from workers.batching import MicroBatcher, forward_with_oom_backoff
 from workers.cache import LoadedModel
-from workers.serving import batch_parallel
+from workers.jobs.serving import batch_parallel
 
 T = TypeVar("T")
 ZEROS = torch.zeros(1, 3)

@@ -6,23 +6,26 @@ import threading
 
 import pytest
 
-from producers.commands.bench import Row, bars, drive, percentile, ratios, summarise
+from producers.bench.load import drive
+from producers.bench.plan import Row, percentile, summarise
+from producers.bench.ratios import bars, ratios
 
 
 def row(arm: str, model: str, producers: int, inputs: int, p50: float, thr: float) -> Row:
     return Row(arm, model, producers, inputs, 10, p50, p50, p50, thr)
 
 
-def test_percentile_is_nearest_rank() -> None:
+def test_percentile_interpolates_between_ranks() -> None:
     values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 50) == 50.0 and percentile(values, 99) == 99.0
+    assert percentile(values, 50) == 50.5 and percentile(values, 99) == pytest.approx(99.01)
     assert percentile([7.0], 95) == 7.0
-    assert percentile([], 50) != percentile([], 50)  # NaN
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 50)
 
 
 def test_summarise_counts_inputs_per_second() -> None:
     r = summarise("fleet_batched", "m", 4, 32, [10.0, 20.0, 30.0, 40.0], wall_s=2.0, x=1.23456)
-    assert (r.jobs, r.p50_ms, r.p99_ms) == (4, 20.0, 40.0)
+    assert (r.jobs, r.p50_ms, r.p99_ms) == (4, 25.0, 39.7)
     assert r.throughput == 4 * 32 / 2.0 and r.extra == {"x": 1.235}
 
 

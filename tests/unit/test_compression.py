@@ -20,8 +20,8 @@ from tests.unit.compression_helpers import (
     register_source,
     val_accuracy,
 )
-from workers.compression import execute
 from workers.context import JobContext
+from workers.jobs.compression import execute
 from workers.zoo.models import MODELS
 
 

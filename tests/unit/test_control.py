@@ -9,8 +9,8 @@ from shared.errors import GateFailed, InvalidJob, JobExpired
 from shared.jobs import PipelineJob, VariantReport
 from shared.names import cancel_key, queue_keys, queues_for, transport_priority
 from tests.unit.compression_helpers import variant_report
+from workers.chain import choose_variant
 from workers.control import JobCancelled, cancellable, check_deadline, serves_inference
-from workers.pipeline import choose_variant
 
 
 def test_higher_job_priority_gets_a_lower_transport_lane() -> None:

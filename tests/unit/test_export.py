@@ -13,10 +13,10 @@ from shared.registry import ModelRegistry
 from shared.settings import Settings
 from tests.unit.compression_helpers import DATA, context, job, load_variant, register_source
 from workers.backends import load_backend, load_stored_backend
-from workers.compression import execute
 from workers.compression import export as export_module
 from workers.compression.export import max_mismatch
 from workers.context import JobContext
+from workers.jobs.compression import execute
 from workers.zoo.datasets import load_dataset
 
 

@@ -36,7 +36,7 @@ def test_a_device_side_assert_is_fatal_for_the_worker() -> None:
     # A device-side assert poisons the CUDA context: run it in a process of its own.
     code = (
         "import torch\n"
-        "from workers.reliability import is_fatal_device_error\n"
+        "from workers.faults import is_fatal_device_error\n"
         "x = torch.zeros(2, device='cuda')\n"
         "try:\n"
         "    x[torch.tensor([7], device='cuda')].sum().item()\n"

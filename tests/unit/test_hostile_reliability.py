@@ -1,5 +1,6 @@
 """The reliability helpers on their own: payload limits, delivery counts, dead letters,
-visibility renewal and the fatal-device-error test (workers/reliability.py)."""
+visibility renewal and the fatal-device-error test (shared/deadletter.py, workers/admission.py,
+workers/faults.py, workers/transport.py)."""
 
 from __future__ import annotations
 
@@ -10,22 +11,14 @@ from typing import Any
 import pytest
 import redis
 
-from shared.errors import InvalidJob
+from shared.deadletter import DeadLetter, dead_letter, delivery_counts, list_dead_letters, requeue
+from shared.errors import DeadLettered, InvalidJob
 from shared.names import KEY_DEADLETTER
+from shared.names import KOMBU_UNACKED_INDEX as UNACKED_INDEX_KEY
 from shared.settings import Settings
-from workers.reliability import (
-    UNACKED_INDEX_KEY,
-    DeadLetter,
-    DeadLettered,
-    admit,
-    check_payload,
-    dead_letter,
-    delivery_counts,
-    is_fatal_device_error,
-    list_dead_letters,
-    renew_visibility,
-    requeue,
-)
+from workers.admission import admit, check_payload
+from workers.faults import is_fatal_device_error
+from workers.transport import renew_visibility
 
 
 def request(job_id: str = "j1", retries: int = 0) -> SimpleNamespace:
@@ -123,10 +116,13 @@ def test_admission_is_one_round_trip_that_also_answers_the_callers_reads(
     admission = admit(
         redis_client, Settings(), request(), "w1", {"kind": "infer"},
         result_key="celery-task-meta-j1",
-        reads=[lambda pipe: pipe.exists("flag"), lambda pipe: pipe.hgetall("record")],
+        reads={
+            "flag": lambda pipe: pipe.exists("flag"),
+            "record": lambda pipe: pipe.hgetall("record"),
+        },
     )  # fmt: skip
     assert admission.stored is None
-    assert admission.replies == [1, {b"field": b"value"}]
+    assert admission.replies == {"flag": 1, "record": {b"field": b"value"}}
     assert delivery_counts(redis_client, "j1") == {"delivered": 1, "executed": 1}
 
 
@@ -138,7 +134,7 @@ def test_a_redelivered_finished_job_gets_its_stored_result_and_counts_nothing(
     meta = {"status": "SUCCESS", "result": {"labels": [3]}, "task_id": "j1"}
     redis_client.set("celery-task-meta-j1", json.dumps(meta))
     again = admit(redis_client, settings, request(), "w1", {}, result_key="celery-task-meta-j1")
-    assert again.stored == {"labels": [3]} and again.replies == []
+    assert again.stored == {"labels": [3]} and again.replies == {}
     assert delivery_counts(redis_client, "j1") == {"delivered": 1, "executed": 1}
 
 
@@ -215,7 +211,7 @@ def test_renewal_refreshes_held_deliveries_and_never_resurrects_acked_ones(
 def test_connection_errors_are_told_apart_from_job_errors() -> None:
     from kombu.exceptions import OperationalError
 
-    from workers.reliability import is_connection_error
+    from workers.faults import is_connection_error
 
     assert is_connection_error(redis.ConnectionError("Error 111 connecting"))
     assert is_connection_error(redis.TimeoutError("Timeout reading from socket"))
@@ -234,7 +230,7 @@ def test_connection_errors_are_told_apart_from_job_errors() -> None:
 def test_orphans_are_jobs_with_no_result_no_queued_and_no_unacked_message(
     redis_client: redis.Redis,
 ) -> None:
-    from workers.reliability import orphaned
+    from shared.deadletter import orphaned
 
     def message(job_id: str) -> str:
         return json.dumps({"body": "", "headers": {"id": job_id, "task": "torchfleet.infer"}})
@@ -255,7 +251,7 @@ def transport_qos(pipes: list[Any]) -> Any:
 
     from kombu.transport.redis import QoS
 
-    from workers.reliability import guard_transport
+    from workers.transport import guard_transport
 
     guard_transport(retry_s=5)
     qos: Any = object.__new__(QoS)

@@ -14,8 +14,8 @@ from producers.encoding import encode_array, encode_images, tensor_bytes, tensor
 from shared.errors import BadTensor, InvalidJob
 from shared.jobs import ImagePayload
 from shared.manifest import Manifest, Preprocessing
+from workers.admission import stored_input_key
 from workers.inference import accuracy, decode_inputs, top_k
-from workers.tasks import stored_input_key
 
 MANIFEST = Manifest(
     arch="cifar_cnn",

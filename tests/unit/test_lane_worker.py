@@ -318,7 +318,7 @@ def test_a_request_delivered_too_often_is_dead_lettered_and_answered(
         with pytest.raises(JobFailed) as caught:
             future.result(60)
         assert caught.value.error_code == "dead_lettered"
-        from workers.reliability import list_dead_letters
+        from shared.deadletter import list_dead_letters
 
         (letter,) = list_dead_letters(client)
         assert letter.task == "torchfleet.lane" and letter.args[0]["model"] == cnn.name
@@ -372,8 +372,8 @@ def test_entries_deleted_while_pending_leave_no_ghost_after_a_claim(
 
 
 def test_a_batchs_stats_records_land_as_ordinary_records(redis_client: redis.Redis) -> None:
-    from producers.aggregate import decode_record
     from shared.names import KEY_STATS
+    from shared.stats import decode_record
     from workers.lane.records import append_records
 
     records = [

@@ -7,7 +7,7 @@ import pytest
 from shared.connection import redis_url, ssl_options
 from shared.errors import InvalidJob
 from shared.settings import Settings
-from workers.signals import check_security
+from workers.main import check_security
 
 
 def test_environment_prefix(monkeypatch: pytest.MonkeyPatch) -> None:

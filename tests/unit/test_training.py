@@ -21,9 +21,10 @@ from shared.registry import ModelRegistry
 from shared.settings import Settings
 from workers.artifacts import ArtifactStore
 from workers.context import JobContext
+from workers.jobs.training import execute
 from workers.modelio import build_module
 from workers.train.optim import lr_factor
-from workers.training import build_model, execute, seed_everything
+from workers.train.run import build_model, seed_everything
 from workers.zoo.datasets import load_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

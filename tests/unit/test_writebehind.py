@@ -8,8 +8,8 @@ from redis.retry import Retry
 
 from shared.embedded import free_port
 from shared.names import KEY_STATS
+from shared.stats import append_record, infer_fields, stats_entry
 from tests.fleet import until
-from workers.stats import append_record, infer_fields, stats_entry
 from workers.writebehind import Write, WriteBehind
 
 

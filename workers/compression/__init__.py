@@ -1,11 +1,14 @@
-"""Compression jobs: pruning, quantization, distillation and export as composable steps.
+"""Compression methods as composable steps: pruning, quantization, distillation, casting, export.
 
-Importing this package registers every step handler (:data:`steps.STEPS`) and every recipe
-(:data:`workers.modelio.RECIPES`) it needs to rebuild compressed variants.
+Pure code over modules and tensors; each method registers its step handler (and its recipe,
+when it changes the module's skeleton) in :data:`methods.METHODS` by its config type, and
+importing the package imports every method: ``from workers.compression import METHODS``
+is the complete registry. The
+compress job that runs them against the registry and the store is
+:mod:`workers.jobs.compression`.
 """
 
 from workers.compression import casting, distillation, export, pruning, quantization
-from workers.compression.pipeline import execute
-from workers.compression.steps import STEPS
+from workers.compression.methods import METHODS
 
-__all__ = ["STEPS", "casting", "distillation", "execute", "export", "pruning", "quantization"]
+__all__ = ["METHODS", "casting", "distillation", "export", "pruning", "quantization"]

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from shared.jobs import CastStep
-from workers.compression.steps import ModelState, StepEnv, float_copy, register_step
-from workers.modelio import RECIPES, Tensors
+from workers.artifacts import Tensors
+from workers.compression.methods import METHODS
+from workers.compression.steps import ModelState, StepEnv, float_copy
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -31,10 +32,10 @@ class CastModel(nn.Module):
         return out.float()
 
 
-@register_step("cast")
+@METHODS.step(CastStep, tag="half")
 def cast_step(step: CastStep, state: ModelState, env: StepEnv) -> ModelState:
     module = CastModel(float_copy(state, step.method).to(env.device), DTYPES[step.dtype])
-    recipe = {"method": "cast", "dtype": step.dtype}
+    recipe = {"method": step.method, "dtype": step.dtype}
     notes = () if env.device.type == "cuda" else (f"{step.dtype} on a CPU: expect no speed-up",)
     return state.advance(
         step.method, module=module.eval(), manifest=state.with_recipe_step(recipe), add_notes=notes
@@ -52,4 +53,4 @@ class CastRecipe:
         module.load_state_dict(tensors, strict=True)
 
 
-RECIPES.add("cast", CastRecipe())
+METHODS.add_recipe(CastStep, CastRecipe())

@@ -1,7 +1,7 @@
 """Fine-tuning and knowledge distillation: small training loops over the train split.
 
 :func:`distillation_loss` is the pure math (unit-tested against a hand computation);
-the loops around it are deliberately plain (a full trainer lives in workers/training).
+the loops around it are deliberately plain (a full trainer lives in workers/train).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from shared.errors import CompressionError, TrainingDiverged
 from shared.jobs import DistillStep, FinetuneStep
+from workers.compression.methods import METHODS
 from workers.compression.pruning import weight_tensors
 from workers.compression.steps import (
     ModelState,
@@ -24,7 +25,6 @@ from workers.compression.steps import (
     first_inputs,
     float_copy,
     loader,
-    register_step,
 )
 from workers.zoo.models import create_model
 
@@ -105,7 +105,7 @@ def cross_entropy(module: nn.Module, images: torch.Tensor, labels: torch.Tensor)
 
 
 # ------------------------------------------------------------------ step handlers
-@register_step("finetune")
+@METHODS.step(FinetuneStep, tag="ft")
 def finetune_step(step: FinetuneStep, state: ModelState, env: StepEnv) -> ModelState:
     torch.manual_seed(step.seed)
     module = float_copy(state, step.method).to(env.device)
@@ -189,7 +189,7 @@ def distill(
     )
 
 
-@register_step("distill")
+@METHODS.step(DistillStep, tag="student")
 def distill_step(step: DistillStep, state: ModelState, env: StepEnv) -> ModelState:
     teacher = float_copy(state, step.method)
     torch.manual_seed(step.seed)

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from shared.manifest import Manifest
-from shared.percentiles import nearest_rank as percentile
+from shared.stats import percentile
 from workers.artifacts import Tensors, to_safetensors
 from workers.compression.steps import ModelState, Runner, Sample, is_quantized, loader
 from workers.modelio import export_tensors

@@ -23,8 +23,9 @@ from shared.errors import CompressionError
 from shared.jobs import ExportArtifact, ExportOnnxStep, ExportPt2Step, ExportSpec
 from shared.jobs import ExportTorchScriptStep as ExportTsStep
 from workers.artifacts import ArtifactStore
-from workers.backends import OnnxBackend
-from workers.compression.steps import ModelState, Runner, StepEnv, first_inputs, register_step
+from workers.compression.methods import METHODS
+from workers.compression.steps import ModelState, Runner, StepEnv, first_inputs
+from workers.onnx_runtime import OnnxBackend
 
 EXTENSIONS = {"torchscript": "ts.pt", "pt2": "pt2", "onnx": "onnx"}
 
@@ -158,17 +159,17 @@ def export_step(
     return state.advance(method, add_notes=(note,), **changes)
 
 
-@register_step("export_torchscript")
+@METHODS.step(ExportTsStep, tag="ts")
 def export_torchscript_step(step: ExportTsStep, state: ModelState, env: StepEnv) -> ModelState:
     return export_step(step, state, env, "torchscript", to_torchscript)
 
 
-@register_step("export_pt2")
+@METHODS.step(ExportPt2Step, tag="pt2")
 def export_pt2_step(step: ExportPt2Step, state: ModelState, env: StepEnv) -> ModelState:
     return export_step(step, state, env, "pt2", to_pt2)
 
 
-@register_step("export_onnx")
+@METHODS.step(ExportOnnxStep, tag="onnx")
 def export_onnx_step(step: ExportOnnxStep, state: ModelState, env: StepEnv) -> ModelState:
     def exporter(module: nn.Module, sample: torch.Tensor) -> tuple[bytes, Runner]:
         return to_onnx(module, sample, opset=step.opset, exporter=step.exporter)

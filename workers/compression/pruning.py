@@ -18,14 +18,14 @@ from torch.nn.utils import prune
 
 from shared.errors import CompressionError
 from shared.jobs import PruneGlobalStep, PruneL1Step, PruneStructuredStep
+from workers.artifacts import Tensors
+from workers.compression.methods import METHODS
 from workers.compression.steps import (
     ModelState,
     StepEnv,
     first_inputs,
     float_copy,
-    register_step,
 )
-from workers.modelio import RECIPES, Tensors
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 NO_SPEEDUP = (
@@ -146,7 +146,7 @@ def _to_prune(
     return module, layers
 
 
-@register_step("prune_l1")
+@METHODS.step(PruneL1Step, tag="l1")
 def prune_l1_step(step: PruneL1Step, state: ModelState, env: StepEnv) -> ModelState:
     module, layers = _to_prune(step, state, env)
     for _, layer in layers:
@@ -155,7 +155,7 @@ def prune_l1_step(step: PruneL1Step, state: ModelState, env: StepEnv) -> ModelSt
     return state.advance(step.method, module=module, add_notes=(NO_SPEEDUP,))
 
 
-@register_step("prune_global")
+@METHODS.step(PruneGlobalStep, tag="gl1")
 def prune_global_step(step: PruneGlobalStep, state: ModelState, env: StepEnv) -> ModelState:
     module, layers = _to_prune(step, state, env)
     params = [(layer, "weight") for _, layer in layers]
@@ -165,7 +165,7 @@ def prune_global_step(step: PruneGlobalStep, state: ModelState, env: StepEnv) ->
     return state.advance(step.method, module=module, add_notes=(NO_SPEEDUP,))
 
 
-@register_step("prune_structured")
+@METHODS.step(PruneStructuredStep, tag="pruned")
 def prune_structured_step(step: PruneStructuredStep, state: ModelState, env: StepEnv) -> ModelState:
     import torch_pruning as tp
 
@@ -190,7 +190,7 @@ def prune_structured_step(step: PruneStructuredStep, state: ModelState, env: Ste
             "prune_structured: no channel could be removed (the model has no Conv or hidden "
             "Linear layer outside the classifier)"
         )
-    recipe = {"method": "prune_structured", "shapes": layer_shapes(module)}
+    recipe = {"method": step.method, "shapes": layer_shapes(module)}
     notes = (f"structured: {before - after} of {before} parameters removed",)
     return state.advance(
         step.method,
@@ -213,4 +213,4 @@ class StructuredRecipe:
         module.load_state_dict(tensors, strict=True)
 
 
-RECIPES.add("prune_structured", StructuredRecipe())
+METHODS.add_recipe(PruneStructuredStep, StructuredRecipe())

@@ -24,8 +24,9 @@ from torch import nn
 
 from shared.errors import CompressionError
 from shared.jobs import QuantizeDynamicStep, QuantizeStaticStep
-from workers.compression.steps import ModelState, StepEnv, float_copy, loader, register_step
-from workers.modelio import RECIPES, Tensors
+from workers.artifacts import Tensors
+from workers.compression.methods import METHODS
+from workers.compression.steps import ModelState, StepEnv, float_copy, loader
 
 SEP = "::"
 PER_TENSOR = (torch.per_tensor_affine, torch.per_tensor_symmetric)
@@ -157,21 +158,21 @@ def has_layers(module: nn.Module, kinds: tuple[type[nn.Module], ...]) -> bool:
 
 
 # ------------------------------------------------------------------ step handlers
-@register_step("quantize_dynamic")
+@METHODS.step(QuantizeDynamicStep, tag="int8dyn")
 def quantize_dynamic_step(step: QuantizeDynamicStep, state: ModelState, env: StepEnv) -> ModelState:
     module = float_copy(state, step.method).cpu().eval()
     if not has_layers(module, tuple(DYNAMIC_LAYERS)):
         raise CompressionError("quantize_dynamic: the model has no Linear layer to quantize")
     set_engine("x86")
     quantized = quantize_dynamic_module(module, per_channel=step.per_channel)
-    recipe = {"method": "quantize_dynamic", "per_channel": step.per_channel, "engine": "x86"}
+    recipe = {"method": step.method, "per_channel": step.per_channel, "engine": "x86"}
     notes = ("int8 kernels run on the CPU; latency measured there",)
     return state.advance(
         step.method, module=quantized, manifest=state.with_recipe_step(recipe), add_notes=notes
     )
 
 
-@register_step("quantize_static")
+@METHODS.step(QuantizeStaticStep, tag="int8")
 def quantize_static_step(step: QuantizeStaticStep, state: ModelState, env: StepEnv) -> ModelState:
     module = float_copy(state, step.method).cpu().eval()
     if not has_layers(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
@@ -191,7 +192,7 @@ def quantize_static_step(step: QuantizeStaticStep, state: ModelState, env: StepE
                 break
     quantized = convert_static(prepared)
     recipe = {
-        "method": "quantize_static",
+        "method": step.method,
         "backend": step.backend,
         "input_shape": list(state.manifest.input_shape),
     }
@@ -230,5 +231,5 @@ class StaticRecipe(_QuantizedRecipe):
         return convert_static(prepared)
 
 
-RECIPES.add("quantize_dynamic", DynamicRecipe())
-RECIPES.add("quantize_static", StaticRecipe())
+METHODS.add_recipe(QuantizeDynamicStep, DynamicRecipe())
+METHODS.add_recipe(QuantizeStaticStep, StaticRecipe())

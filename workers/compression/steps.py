@@ -1,10 +1,9 @@
-"""The step registry: one handler per compression method, dispatched on the config's ``method``.
+"""What compression steps share: the running model state, the environment, helpers.
 
-A handler takes its config model, the running :class:`ModelState` and the :class:`StepEnv`,
-and returns the next state. It never mutates the state it was given (an earlier step's
-module may be emitted as a variant), so handlers copy a module before changing it.
-Adding a method means a config model in ``shared/jobs.py`` and a handler registered here;
-the dispatcher in :mod:`workers.compression.pipeline` never changes.
+A handler (registered in :mod:`workers.compression.methods`) takes its config model, the
+running :class:`ModelState` and the :class:`StepEnv`, and returns the next state. It never
+mutates the state it was given (an earlier step's module may be emitted as a variant), so
+handlers copy a module before changing it.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from shared.errors import CompressionError
 from shared.jobs import ExportArtifact
 from shared.manifest import Manifest
 from workers.artifacts import ArtifactStore
-from workers.registry import Registry
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 Sample = tuple[torch.Tensor, torch.Tensor]
@@ -64,11 +62,6 @@ class ModelState:
 
     def with_recipe_step(self, step: dict[str, Any]) -> Manifest:
         return self.manifest.model_copy(update={"recipe": [*self.manifest.recipe, step]})
-
-
-StepHandler = Callable[[Any, ModelState, StepEnv], ModelState]
-STEPS: Registry[StepHandler] = Registry("compression method", CompressionError)
-register_step = STEPS.register
 
 
 def float_copy(state: ModelState, method: str) -> nn.Module:

@@ -11,6 +11,7 @@ import logging
 import threading
 from typing import Any
 
+from workers.control import consumed_queues, serves_inference
 from workers.lane.consumer import LaneConsumer
 from workers.runtime import Runtime
 
@@ -24,9 +25,6 @@ __all__ = ["LaneConsumer", "current", "start_lane", "stop_lane"]
 def start_lane(rt: Runtime, worker: Any) -> LaneConsumer | None:
     """Start the device's lane consumer, unless the lane is off or this worker does not
     serve inference (``worker``: the Celery consumer the worker-ready signal names)."""
-    from workers.control import consumed_queues, serves_inference
-    from workers.lane import control  # noqa: F401  (registers the torchfleet_lane command)
-
     global _consumer
     if not rt.settings.lane or not serves_inference(consumed_queues(worker)):
         return None

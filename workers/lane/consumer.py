@@ -26,11 +26,10 @@ from typing import Any
 import redis
 
 from shared.connection import redis_client
-from shared.lane import F_DATA, F_DTYPE, F_MODEL, F_SHAPE, F_STORE, encode_error, reply_address
+from shared.lane import F_STORE, encode_error, reply_address
 from shared.names import LANE_GROUP, lane_alive_key, lane_streams, model_key
-from shared.settings import Settings
-from workers.lane.batch import Entry
-from workers.lane.faults import dead_letter_request, replace_worker
+from workers.lane.batch import Entry, read_count
+from workers.lane.faults import dead_letter_request, describe_entry, replace_worker
 from workers.lane.outbox import Outbox
 from workers.lane.records import append_records
 from workers.lane.recovery import Recovered, Recovery
@@ -43,7 +42,6 @@ BACKOFF_START_S = 0.05
 BACKOFF_MAX_S = 2.0
 STALL_S = 120.0  # a loop stuck this long stops beating: its requests may be claimed
 OWN_PAGE = 1000
-CPU_BATCH = 32
 
 
 class LaneConsumer:
@@ -328,33 +326,3 @@ class LaneConsumer:
             self.client.set(lane_alive_key(self.lane, self.name), b"1", px=ttl_ms)
         except redis.RedisError as e:
             log.warning("lane heartbeat of %s not written: %s", self.name, e)
-
-
-def read_count(settings: Settings, device: str) -> int:
-    """Requests read per batch: 1 without batching; the setting; else max_batch on a GPU and
-    at most CPU_BATCH on a CPU, where a batch of 64 ran at half the inputs/s of 32 (the seed
-    CNN's activations outgrow the caches)."""
-    if not settings.batching:
-        return 1
-    if settings.lane_max_batch is not None:
-        return settings.lane_max_batch
-    return settings.max_batch if device == "cuda" else min(settings.max_batch, CPU_BATCH)
-
-
-def describe_entry(entry: Entry, request_id: str | None) -> dict[str, Any]:
-    """A dead letter's description of a lane entry (its tensor bytes left out)."""
-    fields = entry.fields
-
-    def text(name: bytes) -> str | None:
-        value = fields.get(name)
-        return value.decode(errors="replace")[:200] if value is not None else None
-
-    return {
-        "lane": entry.stream,
-        "entry": entry.entry_id.decode(),
-        "id": request_id,
-        "model": text(F_MODEL),
-        "dtype": text(F_DTYPE),
-        "shape": text(F_SHAPE),
-        "bytes": len(fields.get(F_DATA, b"")),
-    }

@@ -28,7 +28,13 @@ def lane_control(action: str) -> dict[str, Any]:
     return consumer.status()
 
 
-@control_command(args=[("action", str)], signature="pause|resume|status", name=CONTROL_LANE)
+def register_lane_command() -> None:
+    """Register :func:`torchfleet_lane` as a broadcast control command (at worker start)."""
+    control_command(args=[("action", str)], signature="pause|resume|status", name=CONTROL_LANE)(
+        torchfleet_lane
+    )
+
+
 def torchfleet_lane(state: Any, action: str = "status") -> dict[str, Any]:
     """Pause, resume or report on this worker's lane consumer."""
     return lane_control(action)

@@ -1,6 +1,5 @@
-"""The lane's links to the fleet's reliability pieces: the dead-letter store and the handling
-of fatal device errors. They live in one module so a move of those pieces (the dead-letter
-store is becoming ``shared.deadletter``) is repointed here only."""
+"""The lane's links to the fleet's reliability pieces: the dead-letter store
+(:mod:`shared.deadletter`) and the handling of fatal device errors (:mod:`workers.faults`)."""
 
 from __future__ import annotations
 
@@ -8,13 +7,11 @@ from typing import Any
 
 import redis
 
+from shared.deadletter import DeadLetter, dead_letter
+from shared.lane import F_DATA, F_DTYPE, F_MODEL, F_SHAPE
 from shared.names import TASK_LANE
-from workers.reliability import (
-    DeadLetter,
-    dead_letter,
-    is_fatal_device_error,
-    request_replacement,
-)
+from workers.faults import is_fatal_device_error, request_replacement
+from workers.lane.batch import Entry
 
 
 def dead_letter_request(
@@ -41,3 +38,22 @@ def is_fatal(error: BaseException) -> bool:
 def replace_worker() -> None:
     """Ask for a warm shutdown with the exit code that makes the supervisor start a fresh one."""
     request_replacement()
+
+
+def describe_entry(entry: Entry, request_id: str | None) -> dict[str, Any]:
+    """A dead letter's description of a lane entry (its tensor bytes left out)."""
+    fields = entry.fields
+
+    def text(name: bytes) -> str | None:
+        value = fields.get(name)
+        return value.decode(errors="replace")[:200] if value is not None else None
+
+    return {
+        "lane": entry.stream,
+        "entry": entry.entry_id.decode(),
+        "id": request_id,
+        "model": text(F_MODEL),
+        "dtype": text(F_DTYPE),
+        "shape": text(F_SHAPE),
+        "bytes": len(fields.get(F_DATA, b"")),
+    }

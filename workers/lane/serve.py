@@ -18,6 +18,7 @@ from shared.errors import DeviceFault, TorchfleetError
 from shared.jobs import ModelRef
 from shared.lane import encode_error, encode_result_json, result_meta_json
 from shared.registry import Resolved
+from shared.stats import stats_entry
 from workers.batching import timed_forward
 from workers.cache import LoadedModel
 from workers.devices import describe
@@ -35,7 +36,6 @@ from workers.lane.batch import (
 from workers.lane.faults import is_fatal
 from workers.lane.outbox import Outbox
 from workers.runtime import Runtime
-from workers.stats import stats_entry
 
 log = logging.getLogger("torchfleet.lane")
 FetchHashes = Callable[[list[str]], Mapping[str, Any]]

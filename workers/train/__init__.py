@@ -1,4 +1,4 @@
-"""The pieces of a training run, one concern per module; ``workers.training`` assembles them.
+"""The pieces of a training run, one concern per module; ``workers.jobs.training`` assembles them.
 
 * ``data``: loaders, batch-size checks, tensor augmentation;
 * ``optim``: optimizers and learning-rate schedules by name;

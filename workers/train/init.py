@@ -7,7 +7,7 @@ from collections.abc import Callable
 from torch import nn
 
 from shared.errors import InvalidJob
-from workers.registry import Registry
+from workers.catalog import Registry
 
 Initializer = Callable[[nn.Module], None]
 INITS: Registry[Initializer] = Registry("weight init", InvalidJob)

@@ -10,7 +10,7 @@ from torch import nn
 
 from shared.errors import InvalidJob
 from shared.jobs import LossSpec
-from workers.registry import Registry
+from workers.catalog import Registry
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LossBuilder = Callable[[LossSpec, int], LossFn]

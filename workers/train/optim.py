@@ -17,7 +17,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from shared.errors import InvalidJob
 from shared.jobs import OptimizerSpec, ScheduleSpec
-from workers.registry import Registry
+from workers.catalog import Registry
 
 Params = Iterable[torch.nn.Parameter]
 OptimizerBuilder = Callable[[Params, OptimizerSpec], Optimizer]

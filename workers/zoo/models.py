@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from shared.errors import InvalidJob, UnknownArchitecture
-from workers.registry import Registry
+from workers.catalog import Registry
 
 ModelBuilder = Callable[..., nn.Module]
 MODELS: Registry[ModelBuilder] = Registry("architecture", UnknownArchitecture)

@@ -1,0 +1,77 @@
+"""`torchfleet status`: live workers, queue depths per priority lane, dead letters."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from producers.cli.common import console, reported_errors
+from producers.client import Client
+from shared.errors import ModelNotFound
+from shared.registry import ModelRegistry
+
+
+def model_refs(registry: ModelRegistry) -> dict[str, list[str]]:
+    """digest -> the references that name it (``name:version:variant``, ``name@alias``)."""
+    refs: dict[str, list[str]] = {}
+    for name in registry.names():
+        try:
+            info = registry.describe(name)
+        except ModelNotFound:
+            continue
+        for version, variants in info["versions"].items():
+            for variant, record in variants.items():
+                refs.setdefault(record["digest"], []).append(f"{name}:{version}:{variant}")
+                for alias, target in info["aliases"].items():
+                    if str(target["version"]) == version and target["variant"] == variant:
+                        refs[record["digest"]].append(f"{name}@{alias}")
+    return refs
+
+
+def add_refs(status: dict[str, Any], refs: dict[str, list[str]]) -> dict[str, Any]:
+    """Name each worker's cached digests by the references that point at them."""
+    for worker in status["workers"]:
+        worker["cached_refs"] = {d: refs.get(d, []) for d in worker.get("cached", [])}
+    return status
+
+
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Live workers (device, GPU lease, queues, cached models, jobs), queues, dead letters."""
+    with reported_errors(), Client() as client:
+        report = add_refs(client.status(), model_refs(client.registry))
+    if as_json:
+        print(json.dumps(report))
+        return
+    render(report)
+
+
+def render(report: dict[str, Any]) -> None:
+    now = report["time"]
+    workers = Table(
+        "worker", "device", "gpu lease", "queues", "cached", "jobs", "seen", title="workers"
+    )
+    for w in report["workers"]:
+        cached = [", ".join(r[:1]) or d[:12] for d, r in w.get("cached_refs", {}).items()]
+        jobs = " ".join(f"{k}={v}" for k, v in sorted(w.get("jobs", {}).items())) or "-"
+        workers.add_row(
+            w["name"],
+            w["device"],
+            (w.get("gpu_lease") or "-")[:12],
+            ",".join(w.get("queues", [])),
+            "\n".join(cached) or "-",
+            jobs,
+            f"{now - w['last_seen']:.0f}s ago",
+        )
+    console.print(workers if report["workers"] else "no live workers (no heartbeat in Redis)")
+    queues = Table("queue", "depth", "lanes (0 = most urgent)", title="queues")
+    for name, q in report["queues"].items():
+        if q["depth"] or "." not in name:
+            lanes = " ".join(f"{s}:{n}" for s, n in q["lanes"].items())
+            queues.add_row(name, str(q["depth"]), lanes)
+    console.print(queues)
+    console.print(f"dead letters: {report['deadletter']}")

@@ -1,0 +1,73 @@
+"""Reads of the fleet's operational state: worker heartbeats, queue depths, the stats stream."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from redis import Redis
+
+from shared.names import (
+    ALL_QUEUES,
+    DEVICE_KINDS,
+    KEY_DEADLETTER,
+    KEY_STATS,
+    KEY_WORKER,
+    PRIORITY_STEPS,
+    device_queue,
+    queue_keys,
+)
+from shared.stats import decode_record
+
+STATS_PAGE = 10_000
+
+
+def fleet_status(redis: Redis) -> dict[str, Any]:
+    """Live workers (heartbeat records), queue depths per priority lane, dead letters."""
+    workers = []
+    for key in sorted(redis.scan_iter(match=f"{KEY_WORKER}*", count=500)):
+        raw = redis.get(key)
+        if raw:
+            workers.append(json.loads(raw))
+    names = [*ALL_QUEUES, *(device_queue(q, d) for d in DEVICE_KINDS for q in ALL_QUEUES)]
+    with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            for key in queue_keys(name):
+                pipe.llen(key)
+        pipe.llen(KEY_DEADLETTER)
+        counts = pipe.execute()
+    lanes = len(PRIORITY_STEPS)
+    queues = {}
+    for i, name in enumerate(names):
+        per_lane = counts[i * lanes : (i + 1) * lanes]
+        queues[name] = {
+            "depth": sum(per_lane),
+            "lanes": {str(s): int(n) for s, n in zip(PRIORITY_STEPS, per_lane, strict=True)},
+        }
+    return {
+        "time": time.time(),
+        "workers": sorted(workers, key=lambda w: str(w.get("name"))),
+        "queues": queues,
+        "deadletter": int(counts[-1]),
+    }
+
+
+def stats_records(
+    redis: Redis, *, since_s: float | None = None, model: str | None = None
+) -> list[dict[str, Any]]:
+    """Records of the stats stream from ``since_s`` seconds ago (all kept if None)."""
+    start = f"{int((time.time() - since_s) * 1000)}-0" if since_s is not None else "-"
+    records: list[dict[str, Any]] = []
+    while True:
+        page: list[tuple[Any, Any]] = redis.xrange(  # type: ignore[assignment]
+            KEY_STATS, min=start, max="+", count=STATS_PAGE
+        )
+        records.extend(decode_record(fields) for _, fields in page)
+        if len(page) < STATS_PAGE:
+            break
+        last = page[-1][0].decode() if isinstance(page[-1][0], bytes) else page[-1][0]
+        start = f"({last}"
+    if model is not None:
+        records = [r for r in records if r.get("model") == model]
+    return records

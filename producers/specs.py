@@ -1,0 +1,40 @@
+"""Job specs on their way out: validated into the contracts, dumped as the tasks' JSON."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.errors import InvalidJob
+from shared.jobs import AnyJob, InferJob, JobGroup, describe_errors, parse_job
+
+
+def validate_job(spec: dict[str, Any]) -> AnyJob:
+    """Any job spec as its contract model, or :class:`InvalidJob` naming what is wrong."""
+    try:
+        return parse_job(spec)
+    except ValidationError as e:
+        raise InvalidJob(f"invalid job: {describe_errors(e)}") from None
+
+
+def job_payload(model: AnyJob) -> dict[str, Any]:
+    """The JSON a task receives; an inference job is stamped with its submission time."""
+    if isinstance(model, InferJob) and model.submitted_at is None:
+        model = model.model_copy(update={"submitted_at": time.time()})
+    return model.model_dump(mode="json", exclude_none=True)
+
+
+def validate_group(jobs: Sequence[InferJob | dict[str, Any]]) -> JobGroup:
+    """Inference jobs (models or dicts) as one validated :class:`JobGroup`."""
+    try:
+        return JobGroup.model_validate({"jobs": [as_dict(j) for j in jobs]})
+    except ValidationError as e:
+        raise InvalidJob(f"invalid group: {describe_errors(e)}") from None
+
+
+def as_dict(job: InferJob | dict[str, Any]) -> dict[str, Any]:
+    """A job as the plain dict a group validates."""
+    return job.model_dump(mode="json") if isinstance(job, InferJob) else job

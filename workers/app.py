@@ -1,0 +1,160 @@
+"""The Celery app and :class:`FleetTask`, the one policy every fleet task runs under.
+
+A fleet task is a thin shell over a use case; the base class owns what is common to every
+kind: admission (delivery counts, dead letters, payload limits, a stored answer for a
+redelivery), validation, the deadline, cancellation, retries with backoff, device faults and
+the stats record. Input errors fail at once and are never retried; transient errors are
+retried with exponential backoff; a lost Redis requeues the delivery; an unrecoverable device
+error fails the job and replaces the worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from celery import Task
+from celery.exceptions import Reject
+from pydantic import ValidationError
+
+from shared.celery_app import create_app
+from shared.errors import DeviceFault, InputError, InvalidJob, TorchfleetError, TransientError
+from shared.jobs import AnyJob, describe_errors, parse_job
+from shared.stats import append_record, infer_fields, stats_entry
+from workers.admission import Admission, admit, job_reads
+from workers.context import JobContext, ProgressFn
+from workers.control import JobCancelled, cancellable, check_deadline, end_cancelled
+from workers.faults import is_connection_error, is_fatal_device_error, request_replacement
+from workers.heartbeat import poke_heartbeat
+from workers.runtime import Runtime, get_runtime
+
+app = create_app()
+MAX_RETRIES = 5
+BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = 60.0
+ERROR_CHARS = 200  # of an error message kept in a stats record
+
+
+def backoff_s(retries: int) -> float:
+    """Exponential backoff for transient errors: 1, 2, 4 ... seconds, capped."""
+    return float(min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**retries))
+
+
+def validate(payload: Any, kind: str) -> AnyJob:
+    """The job model, or :class:`InvalidJob` listing every problem pydantic found."""
+    if not isinstance(payload, dict):
+        raise InvalidJob(f"a job must be a JSON object, not {type(payload).__name__}")
+    try:
+        job = parse_job(payload)
+    except ValidationError as e:
+        raise InvalidJob(f"invalid {kind} job: {describe_errors(e)}") from None
+    if job.kind != kind:
+        raise InvalidJob(f"a {job.kind!r} job was sent to the {kind!r} task")
+    return job
+
+
+Execute = Callable[[Any, Runtime, "FleetTask", Admission], dict[str, Any]]
+
+
+class FleetTask(Task):
+    """Base of every fleet task; ``kind`` (a task option) names the job kind it runs."""
+
+    kind = ""
+    throws = (InputError,)
+
+    def run_job(self, payload: Any, execute: Execute) -> dict[str, Any]:
+        """Admit, validate and run one job under the fleet's policy; record its outcome."""
+        rt = get_runtime()
+        job_id, kind = self.request.id, self.kind
+        started = time.perf_counter()
+        try:
+            admission = self.admit(rt, payload)
+            if admission.stored is not None:  # a redelivery of a finished job: its answer
+                return admission.stored
+            job = validate(payload, kind)
+            check_deadline(job, job_id)
+            if admission.cancelled:
+                raise JobCancelled(f"job {job_id} was cancelled before it started")
+            result = execute(job, rt, self, admission)
+        except JobCancelled:
+            self.record(rt, job_id, "cancelled", started)
+            if kind == "train":  # nothing will resume it: free the checkpoint
+                rt.store.drop_checkpoint(job_id)
+            end_cancelled(self)
+        except TransientError as e:
+            self.record(rt, job_id, "retry", started, error=e.code)
+            self.retry_later(e)
+        except InputError as e:
+            self.record(rt, job_id, e.code, started, error=str(e)[:ERROR_CHARS])
+            raise
+        except TorchfleetError as e:
+            self.record(rt, job_id, "error", started, error=str(e)[:ERROR_CHARS])
+            raise
+        except Exception as e:
+            if not self.is_fault(rt, e):
+                raise
+            self.record(rt, job_id, "device_fault", started, error=str(e)[:ERROR_CHARS])
+            raise DeviceFault(
+                f"unrecoverable device error, worker {rt.worker} is replaced: {e}"
+            ) from e
+        extra = infer_fields(result) if kind == "infer" else {"model": result.get("model")}
+        self.record(rt, job_id, "success", started, **extra)
+        return result
+
+    def admit(self, rt: Runtime, payload: Any) -> Admission:
+        """This delivery's admission, reading what the job needs in the same round trip."""
+        job_id = self.request.id
+        return admit(
+            rt.client, rt.settings, self.request, rt.worker, payload,
+            result_key=self.backend.get_key_for_task(job_id),
+            reads=job_reads(payload, job_id, self.kind, rt.settings.max_payload_bytes),
+        )  # fmt: skip
+
+    def retry_later(self, error: TransientError) -> NoReturn:
+        """Retry after the backoff for this attempt (at most :data:`MAX_RETRIES` times)."""
+        raise self.retry(
+            exc=error, countdown=backoff_s(self.request.retries), max_retries=MAX_RETRIES
+        ) from error
+
+    def is_fault(self, rt: Runtime, error: Exception) -> bool:
+        """Not the job's fault: a lost Redis requeues the delivery (raises ``Reject``); an
+        unrecoverable device error asks for a new worker process and returns True."""
+        if is_connection_error(error):  # Redis went away mid-job: run it again
+            raise Reject(error, requeue=True) from error
+        if not is_fatal_device_error(error):
+            return False
+        request_replacement()  # warm shutdown; the supervisor starts a fresh process
+        return True
+
+    def record(self, rt: Runtime, job_id: str, outcome: str, started: float, **fields: Any) -> None:
+        """Count the outcome and queue the job's stats record (never delays the answer)."""
+        rt.count(outcome)
+        fields.setdefault("worker", rt.worker)
+        fields.setdefault("device", str(rt.device))
+        fields["wall_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        # Written by the stats thread: a record never delays (or fails, or loses) its job.
+        entry = stats_entry(kind=self.kind, job_id=job_id, outcome=outcome, **fields)
+        rt.behind.add(append_record(entry, rt.settings.stats_maxlen))
+        poke_heartbeat()
+
+    def context(self, rt: Runtime, job_id: str, progress: ProgressFn, cancel_id: str) -> JobContext:
+        """What the use case gets: where to run and keep things, and a progress report that
+        also stops the job when ``cancel_id``'s cancel flag is set."""
+        return JobContext(
+            job_id=job_id,
+            device=rt.device,
+            worker=rt.worker,
+            store=rt.store,
+            registry=rt.registry,
+            settings=rt.settings,
+            progress=cancellable(progress, rt.client, cancel_id),
+        )
+
+    def job_context(self, rt: Runtime) -> JobContext:
+        """The context of this task's own job; progress goes to its id."""
+
+        def progress(meta: dict[str, Any]) -> None:
+            self.update_state(state="PROGRESS", meta=meta)
+
+        return self.context(rt, self.request.id, progress, self.request.id)

@@ -1,0 +1,44 @@
+"""The worker start path: check, build the runtime, connect the hooks, run Celery.
+
+`torchfleet worker` calls :func:`prepare_worker` (errors here end the command with a clear
+exit code instead of a Celery log line) and then :func:`run_worker`. This module imports
+every task module, so the worker knows every task it may be sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from shared.errors import InvalidJob
+from shared.settings import Settings
+from workers import bench_tasks, chain, groups, tasks
+from workers.app import app
+from workers.runtime import Runtime, configure, effective_settings, start_runtime
+from workers.signals import connect_signals
+
+TASK_MODULES = (tasks, chain, groups, bench_tasks)  # imported for their task definitions
+
+
+def check_security(settings: Settings) -> None:
+    """Refuse a non-loopback Redis without a password unless explicitly allowed."""
+    if settings.is_loopback() or settings.has_password() or settings.allow_insecure_redis:
+        return
+    raise InvalidJob(
+        "refusing to start: Redis at a non-loopback address with no password. Set "
+        "TORCHFLEET_REDIS_PASSWORD (or put it in the URL), or TORCHFLEET_ALLOW_INSECURE_REDIS=1"
+    )
+
+
+def prepare_worker(hostname: str, **overrides: Any) -> Runtime:
+    """Apply the command line's settings, check them, and build the runtime (device pinned,
+    store opened, cache and batcher created) under ``hostname``."""
+    configure(**overrides)
+    check_security(effective_settings())
+    return start_runtime(worker=hostname)
+
+
+def run_worker(argv: Sequence[str]) -> None:
+    """Connect the lifecycle hooks and run the Celery worker with ``argv``."""
+    connect_signals()
+    app.worker_main(list(argv))

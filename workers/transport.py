@@ -1,0 +1,140 @@
+"""kombu's Redis transport under a worker: guards for a Redis restart, and the visibility keeper.
+
+kombu restores any unacknowledged delivery older than the visibility timeout, even one a
+live worker is still running; the keeper refreshes the worker's held deliveries so that only
+a dead worker's jobs come back. The guards close two gaps of the transport when Redis
+restarts under a worker (see :func:`guard_transport`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+from celery.worker import state
+from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual.base import QoS as virtual_qos
+
+from shared.names import KOMBU_UNACKED_INDEX
+
+log = logging.getLogger("torchfleet.worker")
+APPEND_RETRY_S = 30.0
+APPEND_RETRY_PAUSE_S = 0.1
+MIN_KEEPER_INTERVAL_S = 0.2
+
+
+def renew_visibility(client: redis.Redis, tags: Iterable[str], now: float | None = None) -> int:
+    """Mark deliveries this worker still holds as fresh in kombu's unacked index.
+
+    kombu's Redis transport restores any unacknowledged delivery older than the visibility
+    timeout, even one a live worker is still running. Refreshing the score of held deliveries
+    makes the timeout count from the worker's last sign of life instead of from delivery, so
+    only the jobs of a dead worker come back. ``XX``: an acknowledged tag is never re-added.
+    """
+    mapping = {tag: now if now is not None else time.time() for tag in tags}
+    if not mapping:
+        return 0
+    client.zadd(KOMBU_UNACKED_INDEX, mapping, xx=True, ch=True)
+    return len(mapping)
+
+
+def held_delivery_tags() -> list[str]:
+    """Delivery tags of the requests this worker holds (prefetched and running)."""
+    for _ in range(3):  # the sets are weak and shared with the pool's threads
+        try:
+            held = [*state.reserved_requests, *state.active_requests]
+        except RuntimeError:
+            continue
+        return sorted({str(r.message.delivery_tag) for r in held if r.message is not None})
+    return []
+
+
+def keep_visible(client: redis.Redis, interval_s: float, stop: threading.Event) -> None:
+    """Renew this worker's held deliveries every ``interval_s`` until ``stop`` is set."""
+    while not stop.wait(interval_s):
+        try:
+            renew_visibility(client, held_delivery_tags())
+        except redis.RedisError:
+            log.warning("could not renew job visibility; retrying", exc_info=True)
+
+
+_keeper_stop = threading.Event()
+
+
+def start_keeper(client: redis.Redis, visibility_timeout_s: float) -> None:
+    """Worker start-up: renew held deliveries four times per visibility timeout."""
+    interval = max(MIN_KEEPER_INTERVAL_S, visibility_timeout_s / 4)
+    _keeper_stop.clear()
+    threading.Thread(
+        target=keep_visible,
+        args=(client, interval, _keeper_stop),
+        name="visibility-keeper",
+        daemon=True,
+    ).start()
+
+
+def stop_keeper() -> None:
+    """Worker shutdown: stop renewing."""
+    _keeper_stop.set()
+
+
+def guard_transport(retry_s: float = APPEND_RETRY_S) -> bool:
+    """Close two gaps of kombu's Redis transport when Redis restarts under a worker.
+
+    1. A message taken with BRPOP is recorded as unacknowledged by a second command; if that
+       fails, kombu drops the message. Retry the record (atomic, idempotent) until Redis is
+       back, for up to ``retry_s``.
+    2. On connection loss kombu restores the worker's unacknowledged messages through the
+       lost connection, and jobs that finish after the reconnection are acknowledged on their
+       old channel; both can fail with an AttributeError that Celery treats as fatal: the
+       worker stops (and can hang while stopping). The messages are still in Redis's unacked
+       hash, so leave them there; the restore sweeps bring them back (a job that finished is
+       then answered from its stored result).
+
+    Idempotent; returns True when the guards were installed by this call.
+    """
+    qos: Any = kombu_redis.QoS
+    if getattr(qos, "_torchfleet_guarded", False):
+        return False
+    append, restore_unacked = qos.append, qos.restore_unacked
+
+    def guarded_append(self: Any, message: Any, delivery_tag: Any) -> Any:
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                return append(self, message, delivery_tag)
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning(
+                    "delivery %s not yet recorded as unacked (%s); retrying", delivery_tag, e
+                )
+                time.sleep(APPEND_RETRY_PAUSE_S)  # Redis is away: wait for it, then record
+
+    def guarded_restore_unacked(self: Any, client: Any = None) -> None:
+        try:
+            restore_unacked(self, client)
+        except Exception as e:
+            log.warning("unacked messages left for the restore sweeps (%r)", e)
+            self._delivered.clear()
+
+    def guarded(settle: Any) -> Any:
+        def settle_or_leave(self: Any, delivery_tag: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return settle(self, delivery_tag, *args, **kwargs)
+            except AttributeError as e:  # the channel's connection is gone (reconnected since)
+                log.warning("delivery %s left for the restore sweeps (%r)", delivery_tag, e)
+                return virtual_qos.ack(self, delivery_tag)  # forget it here; Redis keeps it
+
+        return settle_or_leave
+
+    qos.append = guarded_append
+    qos.restore_unacked = guarded_restore_unacked
+    qos.ack = guarded(qos.ack)
+    qos.reject = guarded(qos.reject)
+    qos._torchfleet_guarded = True
+    return True
