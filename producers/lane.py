@@ -14,10 +14,12 @@ backlog (both of its streams: every entry there is a request not yet answered) h
 ``lane_max_backlog``, nothing is added and :class:`~shared.errors.Overloaded` is raised.
 Streams of unanswered requests are never trimmed.
 
-Replies come back on this client's own list (``lane_reply_key``); the listener pops them
-in bulk (a blocking pop and a bulk pop in one round trip) and resolves each future by its
-request id. A reply for an id no longer waited on (a duplicate after a worker was replaced,
-or one that came after its timeout) is dropped.
+Replies come back on this client's own stream (``lane_reply_key``): the listener reads
+it from the last entry it handled (``XREAD BLOCK``), resolves each future by its request
+id, and deletes the entries it handled in its next round trip. Reading removes nothing, so
+a connection lost mid-read (Redis restarted or killed) loses no reply: the listener reads
+again from the same place. A reply for an id no longer waited on (a duplicate after a
+worker was replaced, or one that came after its timeout) is dropped.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from shared.settings import Settings
 
 log = logging.getLogger("torchfleet.lane")
 LISTEN_BLOCK_S = 1
-REPLIES_PER_POP = 1000
+ENTRIES_PER_READ = 1000
 RECONNECT_PAUSE_S = 0.2
 # KEYS: the target stream, the lane's other stream. ARGV: max backlog, then field/value pairs.
 SEND_SCRIPT = """
@@ -67,6 +69,8 @@ class LaneClient:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._listener: threading.Thread | None = None
+        self._last_read = b"0-0"  # the listener's place in its reply stream
+        self._handled: list[bytes] = []  # entries read, deleted with the next read
 
     # ------------------------------------------------------------ requests
     def infer(
@@ -199,13 +203,25 @@ class LaneClient:
                 self._resolve(raw)
 
     def _pop(self) -> list[bytes]:
-        """Wait for a reply, and take every other one queued behind it, in one round trip."""
+        """Delete the entries handled last time and wait for the next ones, in one round
+        trip; their reply bodies. On a lost connection nothing moves: read again."""
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.blpop([self.reply_key], timeout=LISTEN_BLOCK_S)
-            pipe.lpop(self.reply_key, REPLIES_PER_POP)
-            first, rest = pipe.execute()
-        bodies = [first[1]] if first else []
-        return bodies + list(rest or [])
+            if self._handled:
+                pipe.xdel(self.reply_key, *self._handled)
+            pipe.xread(
+                {self.reply_key: self._last_read},
+                count=ENTRIES_PER_READ,
+                block=LISTEN_BLOCK_S * 1000,
+            )
+            read = pipe.execute()[-1]
+        self._handled = []
+        bodies: list[bytes] = []
+        for _stream, entries in read or []:
+            for entry_id, fields in entries:
+                self._last_read = entry_id
+                self._handled.append(entry_id)
+                bodies.extend(fields.values())
+        return bodies
 
     def _resolve(self, raw: bytes) -> None:
         try:

@@ -2,7 +2,10 @@
 
 A request is one ``XADD`` of flat byte fields: the tensor travels as its raw little-endian
 C-order bytes (no base64, no JSON around it), images as their PNG/JPEG file bytes. A
-reply is a small JSON object pushed to the client's reply list. Both sides read the
+reply is a small JSON object added to the client's reply stream (a batch's replies to one
+client in one entry, one field each: :func:`reply_field`); the client reads it without
+removing it and deletes the entries it has handled, so a connection lost mid-read loses
+no reply. Both sides read the
 field names from here; the worker decodes with :func:`decode_request`, cheap enough to
 run once per request on its hot path (no pydantic).
 
@@ -33,7 +36,7 @@ F_DATA: Final = b"x"  # the tensor's bytes, or the first image's file
 F_TOP_K: Final = b"k"
 F_DEADLINE: Final = b"dl"  # Unix time after which the answer is `expired`, not computed
 F_SUBMITTED: Final = b"ts"  # Unix time the producer sent it
-F_REPLY: Final = b"r"  # the reply list's key
+F_REPLY: Final = b"r"  # the reply stream's key
 F_STORE: Final = b"st"  # b"1": also keep the answer under the Celery result key
 F_BACKEND: Final = b"be"
 
@@ -109,6 +112,11 @@ def encode_request(
     if backend is not None:
         fields[F_BACKEND] = backend.encode()
     return fields
+
+
+def reply_field(index: int) -> bytes:
+    """The field name of a batch entry's ``index``-th reply in a reply stream."""
+    return b"%d" % index
 
 
 def reply_address(fields: Mapping[bytes, bytes]) -> tuple[str | None, str | None]:

@@ -148,12 +148,12 @@ def group_key(group_id: str) -> str:
 
 # ---------------------------------------------------------------- online lane (issue 12)
 # The keys of one lane share the hash tag ``{lane.<device kind>}`` so a Redis Cluster keeps
-# a lane's streams, consumer group and heartbeats on one node; reply lists are tagged by
+# a lane's streams, consumer group and heartbeats on one node; reply streams are tagged by
 # their client instead, spreading the replies of many clients over the nodes.
 TASK_LANE: Final = "torchfleet.lane"  # the task name a lane request's dead letter carries
 CONTROL_LANE: Final = "torchfleet_lane"  # broadcast control command: pause, resume, status
 LANE_GROUP: Final = "workers"  # the consumer group every worker of a device kind joins
-KEY_LANE_REPLY: Final = KEY_PREFIX + "lane-reply:"  # lane-reply:{client} -> list of replies
+KEY_LANE_REPLY: Final = KEY_PREFIX + "lane-reply:"  # lane-reply:{client} -> stream of replies
 LANE_HIGH_PRIORITY: Final = 7  # a request of this priority or more takes the high stream
 
 

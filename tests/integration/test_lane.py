@@ -205,9 +205,12 @@ def test_each_hostile_record_gets_a_clear_error_and_the_lane_keeps_serving(
     change, code, words = HOSTILE[case]
     fields = raw_request(cnn.name, **change)
     client.redis.xadd(lane_stream("cpu"), fields)  # type: ignore[arg-type]
-    popped: Any = client.redis.blpop([REPLY_KEY], timeout=WAIT_S)
-    assert popped is not None, "no reply"
-    reply = decode_reply(popped[1])
+    read: Any = client.redis.xread({REPLY_KEY: "0-0"}, count=1, block=WAIT_S * 1000)
+    assert read, "no reply"
+    [(_, [(entry_id, replies)])] = read
+    client.redis.xdel(REPLY_KEY, entry_id)
+    [body] = replies.values()
+    reply = decode_reply(body)
     assert reply.request_id == fields[b"id"].decode()
     assert reply.code == code and words in (reply.message or ""), reply
     assert client.infer(cnn.name, batch(1), timeout=WAIT_S)["model"] == cnn.name

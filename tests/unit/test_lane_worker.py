@@ -432,3 +432,19 @@ def test_a_batch_that_raises_is_read_again_and_dead_lettered_not_lost(
     finally:
         consumer.stop()
         lane.close()
+
+
+def test_the_listener_removes_replies_only_after_handling_them(
+    redis_client: redis.Redis,
+) -> None:
+    from shared.lane import encode_error, reply_field
+
+    lane = LaneClient(redis_client, Settings())
+    first = [encode_error(f"r{i}", "invalid_job", "no") for i in range(3)]
+    redis_client.xadd(lane.reply_key, {reply_field(i): b for i, b in enumerate(first)})
+    assert lane._pop() == first
+    # Read but not removed: a connection lost before the bodies arrived loses nothing.
+    assert redis_client.xlen(lane.reply_key) == 1
+    redis_client.xadd(lane.reply_key, {reply_field(0): first[0]})
+    assert lane._pop() == [first[0]]  # read from where it was, the handled entry deleted
+    assert redis_client.xlen(lane.reply_key) == 1

@@ -54,7 +54,9 @@ class LaneConsumer:
         self.streams = lane_streams(self.lane)
         self.name = rt.worker
         self.count = read_count(settings, rt.device.type)
-        self.client: redis.Redis = redis_client(settings)
+        # No silent resend: a lost answer must reach the loop, which reads its own pending
+        # entries again (a resent XREADGROUP would leave the first read's entries unseen).
+        self.client: redis.Redis = redis_client(settings, retry=False)
         self.recovery = Recovery(
             self.client,
             self.streams,

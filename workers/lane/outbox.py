@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from redis.client import Pipeline
 
-from shared.lane import result_key, result_meta
+from shared.lane import reply_field, result_key, result_meta
 from shared.names import LANE_GROUP
 
 
@@ -47,7 +47,8 @@ class Outbox:
     def write(self, pipe: Pipeline, *, reply_ttl_ms: int, result_ttl_s: int) -> None:
         """Queue every write on ``pipe``: replies first, then results, then ack and delete."""
         for key, bodies in self.replies.items():
-            pipe.rpush(key, *bodies)
+            # One stream entry per client per batch; the client deletes what it has read.
+            pipe.xadd(key, {reply_field(i): body for i, body in enumerate(bodies)})
             pipe.pexpire(key, reply_ttl_ms)
         for key, meta in self.stored:
             pipe.set(key, meta, ex=result_ttl_s)
