@@ -15,6 +15,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import redis
@@ -23,6 +24,7 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from pydantic import ValidationError
 
 from producers.grouping import aggregate_ids, send_group
+from producers.lane import LaneClient
 from producers.ops import fleet_status, stats_records
 from producers.specs import job_payload, validate_group, validate_job
 from producers.state import (
@@ -83,6 +85,7 @@ class Client:
         self.app: Celery = create_app(self.settings)
         self.redis: redis.Redis = redis_client(self.settings)
         self.registry = ModelRegistry(self.redis)
+        self.lane = LaneClient(self.redis, self.settings)  # online requests (producers/lane.py)
 
     # ------------------------------------------------------------ submit
     def submit(
@@ -327,7 +330,17 @@ class Client:
 
         return group_stats(self.stats_records(since_s=since_s, model=model), window_s=since_s)
 
+    # ------------------------------------------------------------ online lane (issue 12)
+    def infer(self, model: str, inputs: Any, **options: Any) -> dict[str, Any]:
+        """One online request through the lane; its answer (see :meth:`LaneClient.infer`)."""
+        return self.lane.infer(model, inputs, **options)
+
+    def infer_async(self, model: str, inputs: Any, **options: Any) -> Future[dict[str, Any]]:
+        """One online request through the lane; a future of its answer."""
+        return self.lane.infer_async(model, inputs, **options)
+
     def close(self) -> None:
+        self.lane.close()
         self.redis.close()
         self.app.close()
 

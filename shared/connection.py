@@ -7,6 +7,8 @@ from typing import Any
 from urllib.parse import quote, urlparse, urlunparse
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from shared.settings import Settings
 
@@ -33,13 +35,20 @@ def ssl_options(settings: Settings) -> dict[str, Any] | None:
     return options
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    """A redis-py client that retries briefly on connection errors."""
+def redis_client(settings: Settings, *, retry: bool = True) -> redis.Redis:
+    """A redis-py client that retries briefly on connection errors.
+
+    ``retry=False``: a lost connection raises at once instead of the command being sent
+    again. A reader whose commands change state (``XREADGROUP``, ``XAUTOCLAIM``) needs to
+    know: a command that ran but whose answer was lost, sent again, would leave what it
+    read pending where the reader never looks."""
     kwargs: dict[str, Any] = {
         "decode_responses": False,
         "socket_connect_timeout": 5,
         "health_check_interval": 30,
         "retry_on_timeout": True,
     }
+    if not retry:
+        kwargs.update(retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
     kwargs.update(ssl_options(settings) or {})
     return redis.Redis.from_url(redis_url(settings), **kwargs)

@@ -106,6 +106,13 @@ class ResourceExhausted(TransientError):
     code = "resource_exhausted"
 
 
+class Overloaded(TransientError):
+    """The online lane's backlog is past ``lane_max_backlog``: the request was refused, not
+    queued. Retry later, add workers, or raise TORCHFLEET_LANE_MAX_BACKLOG."""
+
+    code = "overloaded"
+
+
 class JobFailed(TorchfleetError):
     """Raised on the producer side when a job finished with an error result."""
 
@@ -186,6 +193,7 @@ ERRORS_BY_CODE: dict[str, type[TorchfleetError]] = {
         VariantExists,
         AliasMoved,
         JobIdReused,
+        Overloaded,
     )
 }
 

@@ -157,3 +157,39 @@ def fence_key(job_id: str) -> str:
 
 def job_digest_key(job_id: str) -> str:
     return f"{KEY_JOB_DIGEST}{job_id}"
+
+
+# ---------------------------------------------------------------- online lane (issue 12)
+# The keys of one lane share the hash tag ``{lane.<device kind>}`` so a Redis Cluster keeps
+# a lane's streams, consumer group and heartbeats on one node; reply streams are tagged by
+# their client instead, spreading the replies of many clients over the nodes.
+TASK_LANE: Final = "torchfleet.lane"  # the task name a lane request's dead letter carries
+CONTROL_LANE: Final = "torchfleet_lane"  # broadcast control command: pause, resume, status
+LANE_GROUP: Final = "workers"  # the consumer group every worker of a device kind joins
+KEY_LANE_REPLY: Final = KEY_PREFIX + "lane-reply:"  # lane-reply:{client} -> stream of replies
+LANE_HIGH_PRIORITY: Final = 7  # a request of this priority or more takes the high stream
+
+
+def lane_tag(device: str) -> str:
+    """The hash tag of a device kind's lane: ``{lane.cpu}``."""
+    return f"{{lane.{device}}}"
+
+
+def lane_stream(device: str, *, high: bool = False) -> str:
+    """The request stream of a device kind (``high``: the one read first)."""
+    return f"{KEY_PREFIX}{lane_tag(device)}:{'requests-high' if high else 'requests'}"
+
+
+def lane_streams(device: str) -> tuple[str, str]:
+    """A device kind's request streams in reading order: high priority first."""
+    return lane_stream(device, high=True), lane_stream(device)
+
+
+def lane_alive_key(device: str, consumer: str) -> str:
+    """A lane consumer's heartbeat (expires when the consumer stops beating)."""
+    return f"{KEY_PREFIX}{lane_tag(device)}:alive:{consumer}"
+
+
+def lane_reply_key(client_id: str) -> str:
+    """The list a client's replies are pushed to."""
+    return f"{KEY_LANE_REPLY}{{{client_id}}}"

@@ -99,6 +99,48 @@ class Settings(BaseSettings):
         gt=0,
         description="Checkpoints not saved for this long belong to lost jobs and are swept.",
     )
+    # ---------------------------------------------------------------- online lane (issue 12)
+    lane: bool = Field(
+        default=True, description="Workers whose queues include infer also serve the online lane."
+    )
+    lane_device: str = Field(
+        default="cpu",
+        pattern=r"^(cpu|cuda)$",
+        description="Producer: the lane a request for device 'any' goes to.",
+    )
+    lane_max_backlog: int = Field(
+        default=10_000,
+        gt=0,
+        description="Requests waiting in a lane (both streams) past which producers are "
+        "refused with Overloaded.",
+    )
+    lane_max_batch: int | None = Field(
+        default=None,
+        gt=0,
+        description="Requests a lane consumer reads (and runs) at once; unset: max_batch on a "
+        "GPU, at most 32 on a CPU (larger batches overflow its caches: slower per input).",
+    )
+    lane_block_ms: int = Field(
+        default=500, ge=1, description="How long a consumer's read waits for requests."
+    )
+    lane_claim_idle_ms: int = Field(
+        default=30_000,
+        ge=1,
+        description="A request pending this long under a consumer whose heartbeat is gone is "
+        "taken over by a live one.",
+    )
+    lane_claim_interval_s: float = Field(
+        default=5.0, gt=0, description="Seconds between a consumer's sweeps for such requests."
+    )
+    lane_heartbeat_s: float = Field(
+        default=2.0, gt=0, description="Seconds between a consumer's heartbeats (TTL: 3x)."
+    )
+    lane_max_deliveries: int = Field(
+        default=3, ge=1, description="Deliveries of a lane request before it is dead-lettered."
+    )
+    lane_reply_ttl_s: int = Field(
+        default=300, gt=0, description="Seconds unread replies wait for their client."
+    )
 
     # Limits on the data a job may make a worker read (docs/training.md, "Data roots").
     data_roots: Annotated[list[str], NoDecode] = Field(

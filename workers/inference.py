@@ -5,6 +5,7 @@ from __future__ import annotations
 import binascii
 import io
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -123,7 +124,23 @@ def preprocess_pixels(pixels: torch.Tensor, manifest: Manifest) -> torch.Tensor:
 def decode_images(
     images: list[ImagePayload], manifest: Manifest, max_pixels: int | None = None
 ) -> torch.Tensor:
-    """PNG/JPEG files -> normalised batch, resized to the model's input size.
+    """PNG/JPEG files (base64) -> normalised batch, resized to the model's input size."""
+    files = []
+    for i, image in enumerate(images):
+        try:
+            files.append(fast_base64.b64decode(image.data, validate=True))
+        except (binascii.Error, ValueError) as e:
+            raise BadTensor(f"image {i} is not valid base64: {e}") from e
+    return decode_image_files(files, manifest, [image.format for image in images], max_pixels)
+
+
+def decode_image_files(
+    files: Sequence[bytes],
+    manifest: Manifest,
+    formats: Sequence[str],
+    max_pixels: int | None = None,
+) -> torch.Tensor:
+    """PNG/JPEG file bytes -> normalised batch, resized to the model's input size.
 
     An image larger than ``max_pixels`` (default ``TORCHFLEET_MAX_IMAGE_PIXELS``) is refused
     from its header, before its pixels are decoded."""
@@ -131,13 +148,9 @@ def decode_images(
     mode = "RGB" if manifest.preprocessing.channels == 3 else "L"
     size = manifest.preprocessing.image_size
     arrays = []
-    for i, image in enumerate(images):
-        try:
-            data = fast_base64.b64decode(image.data, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise BadTensor(f"image {i} is not valid base64: {e}") from e
+    for i, (data, image_format) in enumerate(zip(files, formats, strict=True)):
         decoded = decode_rgb(
-            io.BytesIO(data), f"image {i} ({image.format})", limit, mode, BadTensor
+            io.BytesIO(data), f"image {i} ({image_format})", limit, mode, BadTensor
         )
         pixels = np.asarray(decoded.resize((size, size)), dtype=np.uint8)
         arrays.append(pixels if pixels.ndim == 3 else pixels[..., None])

@@ -5,9 +5,10 @@ import. Celery calls the receivers of a signal in the order they were connected:
 
 * ``worker_init``: guard kombu's Redis transport, import the plugins from settings;
 * ``worker_ready``: also consume the device's own queues, start the heartbeat and the
-  visibility keeper, prepare serving (cache options, metrics, preload list), then freeze
-  what is loaded out of the garbage collector's sight;
-* ``worker_shutdown``: stop the heartbeat and the keeper, flush the pending writes and
+  visibility keeper, prepare serving (cache options, metrics, preload list), start the
+  online lane's consumer, then freeze what is loaded out of the garbage collector's sight;
+* ``worker_shutdown``: stop the lane's consumer (its last batch answered), the heartbeat
+  and the keeper, flush the pending writes and
   release the GPU lease, and exit with the code a device fault asked for.
 """
 
@@ -29,19 +30,22 @@ from workers.control import add_device_queues, consumed_queues, torchfleet_warm
 from workers.faults import exit_with_requested_code
 from workers.heartbeat import start_heartbeat, stop_heartbeat
 from workers.jobs.serving import prepare_serving
+from workers.lane import start_lane, stop_lane
+from workers.lane.control import register_lane_command
 from workers.runtime import effective_settings, get_runtime, stop_runtime
 
 log = logging.getLogger("torchfleet.worker")
 
 
 def connect_signals() -> None:
-    """Connect the worker's lifecycle hooks and register its control command (idempotent)."""
+    """Connect the worker's lifecycle hooks and register its control commands (idempotent)."""
     worker_init.connect(on_init, dispatch_uid="torchfleet.init")
     worker_ready.connect(on_ready, dispatch_uid="torchfleet.ready")
     worker_shutdown.connect(on_shutdown, dispatch_uid="torchfleet.shutdown")
     control_command(args=[("digests", list)], signature="<digest> [digest ...]", name=CONTROL_WARM)(
         torchfleet_warm
     )
+    register_lane_command()
 
 
 def on_init(**_: Any) -> None:
@@ -51,12 +55,13 @@ def on_init(**_: Any) -> None:
 
 
 def on_ready(sender: Any = None, **_: Any) -> None:
-    """The consumer is up: device queues, heartbeat, visibility keeper, serving, gc freeze."""
+    """The consumer is up: device queues, heartbeat, keeper, serving, the lane, gc freeze."""
     rt = get_runtime()
     add_device_queues(sender, rt)
     start_heartbeat(rt, queues=lambda: consumed_queues(sender))
     transport.start_keeper(redis_client(rt.settings), rt.settings.visibility_timeout_s)
     prepare_serving(rt)  # cache options, metrics endpoint and cache counters, preload list
+    start_lane(rt, sender)  # the online lane's consumer, if this worker serves inference
     # Everything loaded so far (torch, Celery, the preloaded models) lives as long as the
     # process: out of the collector's sight, its full collections stop walking it mid-job.
     gc.collect()
@@ -66,6 +71,7 @@ def on_ready(sender: Any = None, **_: Any) -> None:
 
 def on_shutdown(**_: Any) -> None:
     """Stop the threads, do the pending writes, release the lease, exit with the asked code."""
+    stop_lane()  # its last batch answered before the runtime's writes are flushed
     transport.stop_keeper()
     stop_heartbeat()
     stop_runtime()

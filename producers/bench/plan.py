@@ -7,7 +7,10 @@ from typing import Any
 
 from shared.stats import percentile
 
-ARMS = ("floor", "celery_noop", "naive", "fleet_batched", "fleet_unbatched", "fleet_cold")
+ARMS = (
+    "floor", "celery_noop", "naive", "fleet_batched", "fleet_unbatched", "fleet_cold",
+    "lane_batched", "lane_unbatched", "lane_drain", "floor_beside_drain",
+)  # fmt: skip
 MODELS = ("mlp", "cifar_cnn", "resnet18")  # the default sweep; any zoo architecture may be named
 SEED_MODEL = "cifar_cnn"
 PRODUCERS = (1, 4, 16)
@@ -28,6 +31,7 @@ class Plan:
     naive_jobs: int = 48
     floor_iters: int = 200
     cold_launches: int = 1
+    drain: int = 3000  # requests the lane's drain empties
     budget_s: float = 8.0  # wall seconds per measurement, past its first jobs
     threads: int = 1
     concurrency: int = 16
@@ -35,7 +39,7 @@ class Plan:
 
     @classmethod
     def quick(cls, **kw: Any) -> Plan:
-        """A subset that runs in well under a minute: the seed CNN at 1 and 16 producers."""
+        """A subset that runs in about a minute: the seed CNN at 1 and 16 producers."""
         return cls(
             models=(SEED_MODEL,),
             producers=(1, 16),
@@ -43,6 +47,7 @@ class Plan:
             big_jobs=12,
             naive_jobs=32,
             floor_iters=50,
+            drain=1500,
             budget_s=3.0,
             **kw,
         )

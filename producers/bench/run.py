@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from producers.bench.cpu import CpuMeter
+from producers.bench.lane import drain, lane_call
 from producers.bench.load import drive, infer_call, sample_inputs, task_call
 from producers.bench.plan import (
     BIG_JOB,
@@ -49,6 +51,10 @@ class Worker(Protocol):
     """A worker process the bench launched (see workers.bench.harness.WorkerProcess)."""
 
     launched: float
+    name: str
+
+    @property
+    def pid(self) -> int | None: ...
 
     def wait_ready(self, client: Client) -> None: ...
 
@@ -98,6 +104,7 @@ def bench_environment(spawn: bool) -> Iterator[tuple[Settings, dict[str, str]]]:
 
 def run_bench(plan: Plan, lab: Lab, *, spawn: bool, log: Log) -> dict[str, Any]:
     """Measure every arm of the plan; the JSON document `torchfleet bench --json` prints."""
+    load_before = os.getloadavg()
     with bench_environment(spawn) as (settings, env), tempfile.TemporaryDirectory() as logs:
         env["TORCHFLEET_TORCH_THREADS"] = str(plan.threads)
         for key in ("TORCHFLEET_METRICS_PORT", "TORCHFLEET_PRELOAD"):
@@ -105,12 +112,15 @@ def run_bench(plan: Plan, lab: Lab, *, spawn: bool, log: Log) -> dict[str, Any]:
         models = {arch: lab.register(settings, arch) for arch in plan.models}
         rows: list[Row] = []
         client = Client(settings)
+        # Redis's process is on this host only when the bench started it.
+        redis_pid = int(client.redis.info("server")["process_id"]) if spawn else None
         try:
             for index, (arch, stored) in enumerate(models.items()):
                 # The floor right before the model's fleet arms: a busy host drifts less between.
                 log(f"floor: {arch}")
-                rows += floor_rows(lab.floor(settings, stored.digest, plan), arch, plan)
-                arms = FleetArms(client, lab, env, plan, logs, log)
+                floor = lab.floor(settings, stored.digest, plan)
+                rows += floor_rows(floor, arch, plan)
+                arms = FleetArms(client, lab, env, plan, logs, log, floor, redis_pid)
                 rows += arms.measure(arch, stored.ref, spawn=spawn, with_noop=index == 0)
         finally:
             client.close()
@@ -118,6 +128,8 @@ def run_bench(plan: Plan, lab: Lab, *, spawn: bool, log: Log) -> dict[str, Any]:
     headline = SEED_MODEL if SEED_MODEL in figures else plan.models[0]
     return {
         "machine": lab.machine(plan.device, plan.threads),
+        # 1/5/15-minute load averages before and after: the host may be shared.
+        "load": {"before": list(load_before), "after": list(os.getloadavg())},
         "plan": asdict(plan) | {"spawn": spawn},
         "results": [asdict(r) for r in rows],
         "ratios": figures,
@@ -128,19 +140,19 @@ def run_bench(plan: Plan, lab: Lab, *, spawn: bool, log: Log) -> dict[str, Any]:
 def floor_rows(floor: Floor, arch: str, plan: Plan) -> list[Row]:
     """The floor at batch 1 and 32, with the producer's encode and the worker's decode cost
     of the same inputs."""
-    rows = []
-    for inputs in (1, BIG_JOB):
-        array = sample_inputs(inputs, list(INPUT_SHAPE))
-        iters = plan.floor_iters if inputs == 1 else max(10, plan.floor_iters // 4)
-        latencies = floor.forward_ms(array, iters=iters, budget_s=plan.budget_s)
-        encode, decode = floor.wire_ms(array, encode_array, iters=iters)
-        rows.append(
-            summarise(
-                "floor", arch, 1, inputs, latencies, sum(latencies) / 1000,
-                encode_ms=percentile(encode, 50), decode_ms=percentile(decode, 50),
-            )
-        )  # fmt: skip
-    return rows
+    return [floor_row(floor, arch, plan, inputs) for inputs in (1, BIG_JOB)]
+
+
+def floor_row(floor: Floor, arch: str, plan: Plan, inputs: int, arm: str = "floor") -> Row:
+    """The floor at one batch size."""
+    array = sample_inputs(inputs, list(INPUT_SHAPE))
+    iters = plan.floor_iters if inputs == 1 else max(10, plan.floor_iters // 4)
+    latencies = floor.forward_ms(array, iters=iters, budget_s=plan.budget_s)
+    encode, decode = floor.wire_ms(array, encode_array, iters=iters)
+    return summarise(
+        arm, arch, 1, inputs, latencies, sum(latencies) / 1000,
+        encode_ms=percentile(encode, 50), decode_ms=percentile(decode, 50),
+    )  # fmt: skip
 
 
 @dataclass
@@ -153,6 +165,8 @@ class FleetArms:
     plan: Plan
     logs: str
     log: Log
+    floor: Floor
+    redis_pid: int | None = None
 
     def measure(self, arch: str, ref: str, *, spawn: bool, with_noop: bool) -> list[Row]:
         """The arms in the order that keeps each comparison close in time."""
@@ -185,12 +199,15 @@ class FleetArms:
             log(f"celery_noop: 1 producer, beside {arch}")
             lat, wall = drive(1, plan.jobs, noop, budget_s=plan.budget_s)
             rows.append(summarise("celery_noop", "-", 1, 1, lat, wall, beside=arch))
-            rows += self.sweep("fleet_batched", arch, ref, single)
+            rows += self.sweep("fleet_batched", arch, ref, single, worker)
             for p in sorted({1, min(4, max(plan.producers))}):
                 log(f"fleet_batched: {arch}, {p} producers of {BIG_JOB}-input jobs")
                 call = infer_call(client, ref, big)
                 lat, wall = drive(p, plan.big_jobs, call, budget_s=plan.budget_s)
                 rows.append(summarise("fleet_batched", arch, p, BIG_JOB, lat, wall))
+            rows += self.sweep("lane_batched", arch, ref, single, worker)
+            if worker is not None:
+                rows += self.drain(arch, ref, single, worker)
         finally:
             if worker is not None:
                 worker.stop()
@@ -199,20 +216,57 @@ class FleetArms:
         worker = self.lab.spawn(self.env, plan, False, self.logs)
         try:
             worker.wait_ready(client)
-            rows += self.sweep("fleet_unbatched", arch, ref, single)
+            rows += self.sweep("fleet_unbatched", arch, ref, single, worker)
+            rows += self.sweep("lane_unbatched", arch, ref, single, worker, (max(plan.producers),))
         finally:
             worker.stop()
         return rows
 
-    def sweep(self, arm: str, arch: str, ref: str, payload: Any) -> list[Row]:
-        """1-input jobs at every producer count of the plan."""
+    def sweep(
+        self,
+        arm: str,
+        arch: str,
+        ref: str,
+        payload: Any,
+        worker: Worker | None,
+        producers: tuple[int, ...] | None = None,
+    ) -> list[Row]:
+        """1-input requests (Celery jobs, or lane requests for ``lane_*`` arms) at each
+        producer count, with the CPU time each request cost the processes on this host."""
+        plan, lane = self.plan, arm.startswith("lane_")
         rows = []
-        for p in self.plan.producers:
+        for p in producers or plan.producers:
             self.log(f"{arm}: {arch}, {p} producers")
-            call = infer_call(self.client, ref, payload)
-            lat, wall = drive(p, max(self.plan.jobs, 4 * p), call, budget_s=self.plan.budget_s)
-            rows.append(summarise(arm, arch, p, 1, lat, wall))
+            if lane:  # a lane request costs far less: more of them fill the same budget
+                call, jobs, warmup = lane_call(self.client, ref, payload), plan.jobs * 16, 5
+            else:
+                call, jobs, warmup = infer_call(self.client, ref, payload), plan.jobs, 2
+            meter = self.meter(worker)
+            meter.start()
+            lat, wall = drive(p, max(jobs, 4 * p), call, warmup=warmup, budget_s=plan.budget_s)
+            row = summarise(arm, arch, p, 1, lat, wall)
+            row.extra.update(rounded(meter.per_request(len(lat) + warmup * p)))
+            rows.append(row)
         return rows
+
+    def drain(self, arch: str, ref: str, payload: Any, worker: Worker) -> list[Row]:
+        """The drain, with the batch-32 floor right before and after it (a shared host's
+        speed drifts in seconds; ``drain_vs_floor`` divides by the faster of the two)."""
+        n = self.plan.drain
+        self.log(f"lane_drain: {arch}, {n} requests, the floor right before and after")
+        before = floor_row(self.floor, arch, self.plan, BIG_JOB, "floor_beside_drain")
+        meter = self.meter(worker)
+        meter.start()
+        lane = "cuda" if self.plan.device.startswith("cuda") else "cpu"
+        drained = drain(self.client, worker.name, arch, ref, payload, n, lane)
+        drained.extra.update(rounded(meter.per_request(n)))
+        after = floor_row(self.floor, arch, self.plan, BIG_JOB, "floor_beside_drain")
+        return [before, drained, after]
+
+    def meter(self, worker: Worker | None) -> CpuMeter:
+        """CPU time of the producers (this process), the worker and Redis."""
+        pids = {"client": os.getpid(), "worker": worker.pid if worker else None}
+        return CpuMeter(pids | {"redis": self.redis_pid})
 
     def cold_start(self, arch: str, ref: str, inputs: Any) -> tuple[Worker, Row]:
         """Launch fresh workers and time launch -> first answer; the last one keeps running."""
@@ -233,3 +287,7 @@ class FleetArms:
         if worker is None:
             raise ValueError("cold_launches must be at least 1")
         return worker, summarise("fleet_cold", arch, 1, 1, times, sum(times) / 1000)
+
+
+def rounded(figures: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 1) for k, v in figures.items()}

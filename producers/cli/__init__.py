@@ -15,6 +15,7 @@ from producers.cli import (
     deadletter,
     demo,
     groups,
+    infer,
     jobs,
     models,
     pipeline,
@@ -28,6 +29,7 @@ from shared.errors import JobFailed, TorchfleetError
 COMMANDS = (
     ("schema", jobs.schema),
     ("submit", jobs.submit),
+    ("infer", infer.infer),
     ("wait", jobs.wait_cmd),
     ("results", jobs.results),
     ("worker", worker.worker),

@@ -50,7 +50,7 @@ def _csv(text: str, cast: Callable[[str], Any]) -> tuple[Any, ...]:
 
 def bench(
     quick: Annotated[
-        bool, typer.Option("--quick", help="The seed CNN at 1 and 16 producers (< 1 min).")
+        bool, typer.Option("--quick", help="The seed CNN at 1 and 16 producers (~1-2 min).")
     ] = False,
     spawn: Annotated[
         bool,
@@ -67,13 +67,17 @@ def bench(
         str | None, typer.Option(help="Comma-separated producer counts (1,4,16).")
     ] = None,
     jobs: Annotated[int | None, typer.Option(help="Jobs per measurement.")] = None,
+    drain: Annotated[
+        int | None,
+        typer.Option(help="Requests the lane's drain empties (--spawn; default 3000, quick 1500)."),
+    ] = None,
     threads: Annotated[int, typer.Option(help="torch threads: floor and workers alike.")] = 1,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N (spawned workers).")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Benchmark the fleet's inference path against the in-process floor, a no-op task
-    and a naive task. Imports torch for the floor: run it where the worker extra is
-    installed."""
+    """Benchmark the fleet's inference paths (Celery jobs and the online lane) against the
+    in-process floor, a no-op task and a naive task. Imports torch for the floor: run it
+    where the worker extra is installed."""
     options: dict[str, Any] = {"threads": threads, "device": device}
     plan = Plan.quick(**options) if quick else Plan(**options)
     lab, known = torch_lab()
@@ -88,6 +92,10 @@ def bench(
             raise typer.BadParameter("producer counts must be at least 1")
     if jobs:
         plan.jobs = jobs
+    if drain is not None:
+        if drain < 1:
+            raise typer.BadParameter("--drain must be at least 1")
+        plan.drain = drain
     console = Console(stderr=True)
     report = run_bench(plan, lab, spawn=spawn, log=lambda text: console.print(f"[dim]{text}[/]"))
     if as_json:

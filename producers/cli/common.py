@@ -1,7 +1,7 @@
 """What every `torchfleet` command shares: consoles, exit codes, error reporting, options.
 
 Exit codes: 0 success, 1 the job failed, 2 bad input (spec or arguments), 3 timeout,
-4 Redis unreachable.
+4 Redis unreachable, 5 overloaded (the online lane refused the request: retry later).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rich.console import Console
 
-from shared.errors import InputError, JobTimeout
+from shared.errors import InputError, JobTimeout, Overloaded
 
-EXIT_FAILED, EXIT_INPUT, EXIT_TIMEOUT, EXIT_UNREACHABLE = 1, 2, 3, 4
+EXIT_FAILED, EXIT_INPUT, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_OVERLOADED = 1, 2, 3, 4, 5
 
 console = Console()
 err_console = Console(stderr=True)
@@ -46,6 +46,8 @@ def reported_errors() -> Iterator[None]:
         fail(EXIT_INPUT, str(e))
     except JobTimeout as e:
         fail(EXIT_TIMEOUT, str(e))
+    except Overloaded as e:
+        fail(EXIT_OVERLOADED, str(e))
 
 
 def read_document(path: Path, *, missing: str) -> Any:

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
+from producers.client import Client
+from shared.names import lane_streams
 from tests.fleet import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -68,6 +70,56 @@ def test_infer_shortcut_prints_one_json_object(
     result = json.loads(done.stdout)
     assert result["kind"] == "infer" and len(result["predictions"]) == 2
     assert result["model_digest"] == trained["model_digest"]
+
+
+def test_infer_goes_through_the_lane_one_answer_per_input_file(
+    fleet_env: dict[str, str], trained: dict, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    batch, pixels, image = tmp_path / "batch.npy", tmp_path / "pixels.npy", tmp_path / "d.png"
+    np.save(batch, np.zeros((2, 3, 32, 32), dtype=np.float32))
+    np.save(pixels, np.full((1, 3, 32, 32), 200, dtype=np.uint8))  # uint8 pixels
+    Image.new("RGB", (20, 20), (255, 255, 255)).save(image)
+    ref = f"{trained['model']}:{trained['version']}"
+    inputs = [arg for path in (batch, pixels, image) for arg in ("--input", str(path))]
+    done = torchfleet(fleet_env, "infer", ref, *inputs, "--top-k", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    answers = json.loads(done.stdout)["answers"]
+    assert [a["input"] for a in answers] == ["batch.npy", "pixels.npy", "d.png"]
+    assert [len(a["result"]["predictions"]) for a in answers] == [2, 1, 1]
+    assert all(len(p) == 2 for a in answers for p in a["result"]["predictions"])
+    assert {a["result"]["model_digest"] for a in answers} == {trained["model_digest"]}
+    # Stored under the request's id (always, from the CLI): `results` reads it like a job's.
+    stored = torchfleet(fleet_env, "results", answers[2]["job_id"], "--json")
+    assert stored.returncode == 0, stored.stderr
+    assert json.loads(stored.stdout)["predictions"] == answers[2]["result"]["predictions"]
+    table = torchfleet(fleet_env, "infer", ref, "--input", str(image))
+    assert table.returncode == 0 and "d.png" in table.stdout, table.stderr
+
+
+def test_infer_exit_codes(
+    fleet_env: dict[str, str], trained: dict, client: Client, tmp_path: Path
+) -> None:
+    ref = f"{trained['model']}:{trained['version']}"
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    refused = torchfleet(fleet_env, "infer", ref, "--input", str(text))
+    assert refused.returncode == 2 and "PNG or JPEG" in refused.stderr
+    missing = torchfleet(fleet_env, "infer", "no-such-model", "--input", str(_npy(tmp_path)))
+    assert missing.returncode == 1 and "model_not_found" in missing.stderr
+    full = {**fleet_env, "TORCHFLEET_LANE_MAX_BACKLOG": "1", "TORCHFLEET_LANE_DEVICE": "cuda"}
+    stuck = torchfleet(full, "infer", ref, "--input", str(_npy(tmp_path)), "--timeout", "1")
+    assert stuck.returncode == 3, stuck.stderr  # no cuda worker: the request waits, unanswered
+    over = torchfleet(full, "infer", ref, "--input", str(_npy(tmp_path)))
+    client.redis.delete(*lane_streams("cuda"))
+    assert over.returncode == 5 and "TORCHFLEET_LANE_MAX_BACKLOG" in over.stderr
+
+
+def _npy(folder: Path) -> Path:
+    path = folder / "one.npy"
+    np.save(path, np.zeros((3, 32, 32), dtype=np.float32))
+    return path
 
 
 def test_submit_then_wait_then_results(

@@ -207,7 +207,7 @@ def wait_until_active(client: Client, worker: WorkerProcess, job_id: str) -> Non
 def test_bench_quick_json_has_the_documented_shape(fleet_dir: Path) -> None:
     command = [
         sys.executable, "-m", "producers.cli", "bench", "--quick", "--json", "--spawn",
-        "--producers", "1,2", "--jobs", "8",
+        "--producers", "1,2", "--jobs", "8", "--drain", "200",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -221,6 +221,10 @@ def test_bench_quick_json_has_the_documented_shape(fleet_dir: Path) -> None:
         "fleet_batched",
         "fleet_unbatched",
         "fleet_cold",
+        "lane_batched",
+        "lane_unbatched",
+        "lane_drain",
+        "floor_beside_drain",
     }
     keys = {
         "arm",
@@ -234,8 +238,20 @@ def test_bench_quick_json_has_the_documented_shape(fleet_dir: Path) -> None:
     }
     assert all(keys <= set(row) for row in report["results"])
     assert {row["inputs_per_job"] for row in report["results"] if row["arm"] == "floor"} == {1, 32}
+    [drain] = [row for row in report["results"] if row["arm"] == "lane_drain"]
+    assert drain["jobs"] == 200 and drain["extra"]["busy_s"] > 0
+    for row in report["results"]:  # the spawned worker and Redis are read from /proc
+        sweeps = ("lane_batched", "lane_unbatched", "fleet_batched", "lane_drain")
+        if row["arm"] in sweeps and row["inputs_per_job"] == 1:
+            assert {"client_cpu_us", "worker_cpu_us", "redis_cpu_us"} <= set(row["extra"])
     figures = report["ratios"]["cifar_cnn"]
+    lane_bars = ("lane_overhead_vs_noop", "lane_vs_celery_16", "lane_vs_naive_16",
+                 "lane_batched_vs_unbatched_16", "drain_vs_floor")  # fmt: skip
+    for name in (*lane_bars, "cold_start_s"):
+        assert figures[name] is not None and name in report["bars"]
+    for name in lane_bars[1:]:
+        assert figures[name] > 0
     for name in ("overhead_vs_noop", "batched_vs_unbatched_16", "batched_vs_naive_16",
-                 "efficiency_32", "cold_start_s"):  # fmt: skip
-        assert figures[name] is not None and figures[name] > 0
-        assert name in report["bars"]
+                 "efficiency_32"):  # fmt: skip
+        assert figures[name] is not None and figures[name] > 0  # figures, no longer bars
+        assert name not in report["bars"]
