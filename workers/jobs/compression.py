@@ -31,6 +31,7 @@ from shared.jobs import CompressJob, CompressResult, CompressStep, VariantReport
 from shared.manifest import Manifest
 from shared.registry import Resolved, VariantRecord
 from workers.compression import METHODS
+from workers.compression.eval_data import eval_dataset
 from workers.compression.evaluation import (
     Candidate,
     Percentiles,
@@ -43,7 +44,7 @@ from workers.compression.evaluation import (
 )
 from workers.compression.pruning import sparsity
 from workers.compression.steps import ModelState, Sample, StepEnv, is_quantized
-from workers.compression.variants import best, gate, planned_variants
+from workers.compression.variants import best, flags, gate, planned_variants
 from workers.context import JobContext
 from workers.modelio import Tensors, build_module
 from workers.zoo.datasets import DatasetBundle, load_dataset
@@ -68,7 +69,8 @@ def execute(job: CompressJob, ctx: JobContext) -> CompressResult:
     """Run a compress job end to end; see the module docstring for the variant rule."""
     started = time.perf_counter()
     source, state = load_source(job, ctx)
-    bundle = load_dataset(job.eval_dataset)
+    spec, origin = eval_dataset(job.eval_dataset, state.manifest, source.ref)
+    bundle = load_dataset(spec)
     check_data(bundle, state.manifest, source)
     planned = planned_variants(job.steps, source.variant)
     check_names(planned, source, ctx)
@@ -99,6 +101,8 @@ def execute(job: CompressJob, ctx: JobContext) -> CompressResult:
         seconds=time.perf_counter() - started,
         worker=ctx.worker,
         device=str(ctx.device),
+        eval_dataset=spec,
+        eval_origin=origin,
     )
 
 
@@ -271,6 +275,7 @@ def compare(report: VariantReport, base: VariantReport, job: CompressJob) -> Var
     reasons = gate(report, job)
     report.passed = not reasons
     report.notes.extend(f"gate failed: {r}" for r in reasons)
+    report.notes.extend(flags(report))
     return report
 
 
