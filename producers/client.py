@@ -36,6 +36,7 @@ from producers.state import (
 from shared.celery_app import create_app
 from shared.connection import redis_client
 from shared.errors import InvalidJob, JobFailed, JobTimeout
+from shared.jobrecord import claim_job_id
 from shared.jobs import (
     AnyJob,
     GroupSummary,
@@ -102,12 +103,13 @@ class Client:
         model = job if isinstance(job, AnyJob) else validate_job(job)
         if isinstance(model, PipelineJob) and model.source is not None:
             self.registry.resolve(model.source)  # a missing source model fails here, not later
-        job_id = job_id or uuid.uuid4().hex
+        job_id, payload = job_id or uuid.uuid4().hex, job_payload(model)
+        claim_job_id(self.redis, job_id, payload, self.settings.result_ttl_s, stored)
         self._remember(job_id, kind=model.kind, stored=stored)  # before any worker can see it
         try:
             self.app.send_task(
                 TASK_FOR_KIND[model.kind],
-                args=[job_payload(model)],
+                args=[payload],
                 task_id=job_id,
                 retry=True,
                 retry_policy={"max_retries": 10, "interval_start": 0.1, "interval_step": 0.5},

@@ -122,6 +122,44 @@ class JobTimeout(TorchfleetError):
     code = "timeout"
 
 
+class JobCancelled(TorchfleetError):
+    """Raised inside a running job whose cancel flag is set; the task ends as REVOKED.
+
+    The registry raises it too: a registry or alias write of a cancelled job is refused in the
+    same transaction that would have made it (cancel is a fence, not a hint).
+    """
+
+    code = "cancelled"
+
+
+class StaleDelivery(TorchfleetError):
+    """A newer delivery of the same job holds the fence: this (older) one may not write.
+
+    Its worker was frozen or cut off past the visibility timeout while the job ran again
+    elsewhere; the task ends without storing anything, leaving the live delivery's answer.
+    """
+
+    code = "stale_delivery"
+
+
+class VariantExists(InvalidJob):
+    """Another job already registered this variant name at this version."""
+
+    code = "variant_exists"
+
+
+class AliasMoved(InputError):
+    """An alias moved between the moment a job compared against it and its own move."""
+
+    code = "alias_moved"
+
+
+class JobIdReused(InvalidJob):
+    """A job id submitted again with a different payload."""
+
+    code = "job_id_reused"
+
+
 ERRORS_BY_CODE: dict[str, type[TorchfleetError]] = {
     cls.code: cls
     for cls in (
@@ -143,5 +181,19 @@ ERRORS_BY_CODE: dict[str, type[TorchfleetError]] = {
         TransientError,
         BrokerUnavailable,
         ResourceExhausted,
+        JobCancelled,
+        StaleDelivery,
+        VariantExists,
+        AliasMoved,
+        JobIdReused,
     )
 }
+
+
+class PathNotAllowed(InputError):
+    """A dataset path outside the worker's data roots (or leading out of them by a link)."""
+
+    code = "path_not_allowed"
+
+
+ERRORS_BY_CODE[PathNotAllowed.code] = PathNotAllowed

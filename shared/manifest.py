@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from typing import Any
 
@@ -47,3 +49,16 @@ class Manifest(BaseModel):
     sha256: str = ""
     size_bytes: int = 0
     created_at: float = Field(default_factory=time.time)
+
+
+# Derived from the weight bytes, so left out of the digest that those bytes carry.
+DERIVED_FIELDS = frozenset({"sha256", "size_bytes"})
+
+
+def manifest_digest(manifest: Manifest) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no spaces), minus the fields
+    derived from the weights. The weights file carries it in its safetensors metadata, so the
+    registry's one digest (of the weight bytes) covers the manifest too."""
+    document = manifest.model_dump(mode="json", exclude=set(DERIVED_FIELDS))
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

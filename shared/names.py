@@ -144,3 +144,16 @@ def cancel_key(job_id: str) -> str:
 
 def group_key(group_id: str) -> str:
     return f"{KEY_GROUP}{group_id}"
+
+
+# ------------------------------------------------------------------ fencing and job records
+KEY_FENCE: Final = KEY_PREFIX + "fence:"  # fence:{id} -> token of the job's newest delivery
+KEY_JOB_DIGEST: Final = KEY_PREFIX + "job-digest:"  # job-digest:{id} -> sha256 of its payload
+
+
+def fence_key(job_id: str) -> str:
+    return f"{KEY_FENCE}{job_id}"
+
+
+def job_digest_key(job_id: str) -> str:
+    return f"{KEY_JOB_DIGEST}{job_id}"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlparse
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_ARTIFACTS = str(Path.home() / ".cache" / "torchfleet" / "artifacts")
+DEFAULT_DATA_ROOT = str(Path.home() / ".cache" / "torchfleet" / "data")
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 # Short is safe: the visibility keeper renews a live worker's jobs (workers/transport.py), so
 # this is how long a dead worker's jobs wait before another worker takes them.
@@ -94,6 +98,36 @@ class Settings(BaseSettings):
     )
     torch_threads: int | None = Field(default=None, gt=0, description="torch intra-op threads.")
     stats_maxlen: int = Field(default=100_000, gt=0, description="Cap of the stats stream.")
+    checkpoint_ttl_s: int = Field(
+        default=7 * 24 * 3600,
+        gt=0,
+        description="Checkpoints not saved for this long belong to lost jobs and are swept.",
+    )
+
+    # Limits on the data a job may make a worker read (docs/training.md, "Data roots").
+    data_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [DEFAULT_DATA_ROOT],
+        description="Folders dataset paths must lie under: a JSON list or PATH-style "
+        "(colon-separated) folders. Relative dataset paths are taken under the first.",
+    )
+    max_dataset_files: int = Field(
+        default=1_000_000, gt=0, description="Most folder entries one dataset scan may visit."
+    )
+    max_image_pixels: int = Field(
+        default=40_000_000,
+        gt=0,
+        description="Largest image (width x height) decoded, for training data and inference.",
+    )
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.split(os.pathsep) if part]
+        return value
 
     def is_loopback(self) -> bool:
         host = urlparse(self.redis_url).hostname or ""

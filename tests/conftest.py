@@ -29,7 +29,11 @@ def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def settings(redis_server: EmbeddedRedis, tmp_path: Path) -> Settings:
-    return Settings(redis_url=redis_server.url, artifacts=str(tmp_path / "artifacts"))
+    return Settings(
+        redis_url=redis_server.url,
+        artifacts=str(tmp_path / "artifacts"),
+        data_roots=[str(tmp_path)],
+    )
 
 
 @pytest.fixture

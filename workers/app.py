@@ -15,16 +15,24 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from celery import Task
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 from pydantic import ValidationError
 
 from shared.celery_app import create_app
-from shared.errors import DeviceFault, InputError, InvalidJob, TorchfleetError, TransientError
+from shared.errors import (
+    DeviceFault,
+    InputError,
+    InvalidJob,
+    StaleDelivery,
+    TorchfleetError,
+    TransientError,
+)
 from shared.jobs import AnyJob, describe_errors, parse_job
 from shared.stats import append_record, infer_fields, model_of, stats_entry
 from workers.admission import Admission, admit, job_reads
 from workers.context import JobContext, ProgressFn
-from workers.control import JobCancelled, cancellable, check_deadline, end_cancelled
+from workers.control import JobCancelled, check_deadline, end_cancelled
+from workers.effects import fenced
 from workers.faults import is_connection_error, is_fatal_device_error, request_replacement
 from workers.heartbeat import poke_heartbeat
 from workers.runtime import Runtime, get_runtime
@@ -81,8 +89,11 @@ class FleetTask(Task):
         except JobCancelled:
             self.record(rt, job_id, "cancelled", started, model=model)
             if kind == "train":  # nothing will resume it: free the checkpoint
-                rt.store.drop_checkpoint(job_id)
+                rt.store.discard_checkpoint(job_id)
             end_cancelled(self)
+        except StaleDelivery:  # overtaken by a newer delivery: leave its answer alone
+            self.record(rt, job_id, "stale", started)
+            raise Ignore() from None
         except TransientError as e:
             self.record(rt, job_id, "retry", started, model=model, error=e.code)
             self.retry_later(e)
@@ -142,16 +153,18 @@ class FleetTask(Task):
         poke_heartbeat()
 
     def context(self, rt: Runtime, job_id: str, progress: ProgressFn, cancel_id: str) -> JobContext:
-        """What the use case gets: where to run and keep things, and a progress report that
-        also stops the job when ``cancel_id``'s cancel flag is set."""
+        """What the use case gets: where to run and keep things, the registry as this delivery
+        may write to it (fenced by a new token, and by ``cancel_id``'s cancel flag), and a
+        progress report that stops the job when that fence is crossed."""
+        registry = rt.registry.for_job(job_id, cancel_id=cancel_id)
         return JobContext(
             job_id=job_id,
             device=rt.device,
             worker=rt.worker,
             store=rt.store,
-            registry=rt.registry,
+            registry=registry,
             settings=rt.settings,
-            progress=cancellable(progress, rt.client, cancel_id),
+            progress=fenced(progress, registry),
         )
 
     def job_context(self, rt: Runtime) -> JobContext:

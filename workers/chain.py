@@ -46,11 +46,13 @@ from shared.names import (
     device_queue,
     pipeline_key,
 )
+from shared.promotion import stage_verdict
 from workers.admission import Admission
 from workers.app import FleetTask, app
 from workers.compression.variants import best
 from workers.context import JobContext
 from workers.control import JobCancelled, is_cancelled
+from workers.effects import DropsCheckpoint
 from workers.jobs import compression, training
 from workers.runtime import Runtime, get_runtime
 
@@ -159,6 +161,10 @@ class StageTask(FleetTask):
         return self.context(rt, f"{job_id}-{stage}", progress, job_id)
 
 
+class TrainStageTask(DropsCheckpoint, StageTask):
+    """The train stage: its checkpoint goes once the stage's report is stored."""
+
+
 def _dump(report: PipelineResult) -> dict[str, Any]:
     return report.model_dump(mode="json")
 
@@ -193,6 +199,7 @@ def compress_stage(
         steps=job.steps,
         eval_dataset=job.compress_dataset(),
         gates=job.gates,
+        compare_alias=job.promote,
         device=job.device,
         latency_iters=job.latency_iters,
         warmup_iters=job.warmup_iters,
@@ -251,8 +258,13 @@ def promote_stage(
         before = rt.registry.resolve(f"{report.model}@{job.promote}")
         report.previous = before.ref
     except ModelNotFound:
-        report.previous = None
-    rt.registry.set_alias(report.model, job.promote, report.version, chosen)
+        before, report.previous = None, None
+    verdict = stage_verdict(job, report, chosen)
+    if not verdict.promote:
+        raise GateFailed(verdict.reason)
+    expected = (before.version, before.variant) if before is not None else None
+    fenced = rt.registry.for_job(f"{report.job_id}-promote", cancel_id=report.job_id)
+    fenced.set_alias(report.model, job.promote, report.version, chosen, expected=expected)
     report.promoted = f"{report.model}:{report.version}:{chosen}"
     return {
         "alias": f"{report.model}@{job.promote}",
@@ -321,7 +333,8 @@ def _stage_task(stage: PipelineStage, task_name: str) -> StageTask:
         return self.run_stage(stage, report, payload, STAGE_FUNCTIONS[stage])
 
     run.__name__ = run.__qualname__ = f"{stage}_stage_task"
-    task: StageTask = app.task(name=task_name, bind=True, base=StageTask)(run)
+    base = TrainStageTask if stage == "train" else StageTask
+    task: StageTask = app.task(name=task_name, bind=True, base=base)(run)
     return task
 
 

@@ -22,7 +22,7 @@ import redis
 from celery import Task
 from celery.exceptions import Ignore
 
-from shared.errors import JobExpired, TorchfleetError
+from shared.errors import JobCancelled, JobExpired, TorchfleetError
 from shared.names import (
     ALL_QUEUES,
     DEVICE_KINDS,
@@ -37,12 +37,6 @@ from workers.runtime import Runtime, get_runtime
 log = logging.getLogger("torchfleet.worker")
 
 CANCEL_CHECK_INTERVAL_S = 0.5
-
-
-class JobCancelled(TorchfleetError):
-    """Raised inside a running job whose cancel flag is set; the task ends as REVOKED."""
-
-    code = "cancelled"
 
 
 # ------------------------------------------------------------------ deadlines, cancellation

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from shared.errors import BadTensor
 from shared.jobs import ClassScore, ImagePayload, TensorPayload
 from shared.manifest import Manifest
+from shared.settings import get_settings
+from workers.zoo.imagefiles import decode_rgb
 
 try:
     import pybase64 as fast_base64
@@ -33,14 +35,16 @@ def decode_inputs(
     manifest: Manifest,
     max_items: int,
     stored: bytes | None = None,
+    max_pixels: int | None = None,
 ) -> torch.Tensor:
     """A float32 ``(N, C, H, W)`` batch the model accepts, or :class:`BadTensor` saying why.
 
-    ``stored``: the bytes a tensor payload's ``key`` names, read from Redis by the caller."""
+    ``stored``: the bytes a tensor payload's ``key`` names, read from Redis by the caller.
+    ``max_pixels``: the largest image decoded (default ``TORCHFLEET_MAX_IMAGE_PIXELS``)."""
     if isinstance(inputs, TensorPayload):
         batch = decode_tensor(inputs, manifest, stored)
     else:
-        batch = decode_images(inputs, manifest)
+        batch = decode_images(inputs, manifest, max_pixels)
     if batch.shape[0] > max_items:
         raise BadTensor(f"{batch.shape[0]} inputs in one job; the limit is {max_items}")
     return batch
@@ -116,21 +120,26 @@ def preprocess_pixels(pixels: torch.Tensor, manifest: Manifest) -> torch.Tensor:
     return ((images - mean) / std).contiguous()
 
 
-def decode_images(images: list[ImagePayload], manifest: Manifest) -> torch.Tensor:
-    """PNG/JPEG files -> normalised batch, resized to the model's input size."""
-    from PIL import Image, UnidentifiedImageError
+def decode_images(
+    images: list[ImagePayload], manifest: Manifest, max_pixels: int | None = None
+) -> torch.Tensor:
+    """PNG/JPEG files -> normalised batch, resized to the model's input size.
 
+    An image larger than ``max_pixels`` (default ``TORCHFLEET_MAX_IMAGE_PIXELS``) is refused
+    from its header, before its pixels are decoded."""
+    limit = max_pixels or get_settings().max_image_pixels
     mode = "RGB" if manifest.preprocessing.channels == 3 else "L"
     size = manifest.preprocessing.image_size
     arrays = []
     for i, image in enumerate(images):
         try:
             data = fast_base64.b64decode(image.data, validate=True)
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                pixels = np.asarray(img.convert(mode).resize((size, size)), dtype=np.uint8)
-        except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as e:
-            raise BadTensor(f"image {i} could not be decoded as {image.format}: {e}") from e
+        except (binascii.Error, ValueError) as e:
+            raise BadTensor(f"image {i} is not valid base64: {e}") from e
+        decoded = decode_rgb(
+            io.BytesIO(data), f"image {i} ({image.format})", limit, mode, BadTensor
+        )
+        pixels = np.asarray(decoded.resize((size, size)), dtype=np.uint8)
         arrays.append(pixels if pixels.ndim == 3 else pixels[..., None])
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
     return preprocess_pixels(batch.contiguous(), manifest)

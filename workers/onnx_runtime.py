@@ -6,7 +6,6 @@ against the sha256 its manifest recorded when the export_onnx step wrote it.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
@@ -51,10 +50,6 @@ def onnx_export_record(manifest: Manifest) -> dict[str, Any]:
 
 
 def read_export(store: ArtifactStore, record: dict[str, Any]) -> bytes:
-    """Read an export artifact's bytes and check them against its recorded sha256."""
-    path = str(record["path"])
-    with store.fs.open(path, "rb") as f:
-        blob: bytes = f.read()
-    if hashlib.sha256(blob).hexdigest() != record.get("sha256"):
-        raise IntegrityError(f"export {path} does not match its recorded sha256")
-    return blob
+    """Read an export artifact's bytes (from inside the store only), checked against its
+    recorded sha256."""
+    return store.read_export(str(record.get("path")), str(record.get("sha256")))

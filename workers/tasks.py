@@ -12,6 +12,7 @@ from shared.jobs import CompressJob, InferJob, TrainJob
 from shared.names import TASK_COMPRESS, TASK_INFER, TASK_NOOP, TASK_TRAIN, input_key
 from workers.admission import Admission
 from workers.app import FleetTask, app
+from workers.effects import DropsCheckpoint
 from workers.jobs import compression, serving, training
 from workers.runtime import Runtime, get_runtime
 
@@ -44,12 +45,16 @@ class InferTask(FleetTask):
             get_runtime().behind.add(lambda pipe: pipe.delete(key))
 
 
+class TrainTask(DropsCheckpoint, FleetTask):
+    """The train task: its checkpoint goes once its answer is stored."""
+
+
 @app.task(name=TASK_INFER, bind=True, base=InferTask, kind="infer", track_started=False)
 def infer(self: FleetTask, payload: Any) -> dict[str, Any]:
     return self.run_job(payload, _infer)
 
 
-@app.task(name=TASK_TRAIN, bind=True, base=FleetTask, kind="train")
+@app.task(name=TASK_TRAIN, bind=True, base=TrainTask, kind="train")
 def train(self: FleetTask, payload: Any) -> dict[str, Any]:
     return self.run_job(payload, _train)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Literal
 
@@ -30,6 +31,26 @@ ServeBackend = Literal["eager", "compile", "onnx"]
 ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
 AliasName = Annotated[str, Field(pattern=ALIAS_PATTERN)]
 Scalar = str | int | float | bool
+MAX_ARCH_INT = 65_536
+MAX_ARCH_STR = 256
+
+
+def _check_arch_kwargs(kwargs: dict[str, Scalar]) -> dict[str, Scalar]:
+    for key, value in kwargs.items():
+        if not key.isidentifier() or len(key) > 64:
+            raise ValueError(f"arch argument name {key[:64]!r} is not a Python identifier")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_ARCH_INT:
+            raise ValueError(f"arch argument {key}={value} is beyond +-{MAX_ARCH_INT}")
+        if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= MAX_ARCH_INT):
+            raise ValueError(
+                f"arch argument {key}={value} is not finite or beyond +-{MAX_ARCH_INT}"
+            )
+        if isinstance(value, str) and len(value) > MAX_ARCH_STR:
+            raise ValueError(f"arch argument {key} is longer than {MAX_ARCH_STR} characters")
+    return kwargs
+
+
+ArchKwargs = Annotated[dict[str, Scalar], AfterValidator(_check_arch_kwargs)]
 
 
 class Strict(BaseModel):

@@ -140,6 +140,10 @@ class CompressResult(Strict):
     baseline: VariantReport
     variants: list[VariantReport]
     promoted: str | None = None
+    incumbent: VariantReport | None = Field(
+        default=None, description="The compared alias's current target, measured alongside."
+    )
+    promotion: str | None = Field(default=None, description="Why it was promoted or not.")
     seconds: float
     worker: str
     device: str

@@ -22,12 +22,12 @@ from shared.jobs.refs import (
     MAX_TENSOR_DIMS,
     SCHEMA_VERSION,
     AliasName,
+    ArchKwargs,
     DeviceChoice,
     InputKey,
     ModelName,
     ModelRef,
     RefString,
-    Scalar,
     ServeBackend,
     Strict,
 )
@@ -36,8 +36,10 @@ from shared.jobs.steps import (
     VariantName,
 )
 
-
 # ---------------------------------------------------------------- training
+MAX_SYNTHETIC_VALUES = 2**28  # float32 values of a synthetic dataset: 1 GiB
+
+
 class DatasetSpec(Strict):
     """A dataset from the worker's dataset registry, split into train and validation."""
 
@@ -48,8 +50,21 @@ class DatasetSpec(Strict):
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     split_seed: int = 0
     limit: int | None = Field(default=None, ge=1, description="Use at most this many samples.")
-    num_classes: int = Field(default=10, ge=2, le=100_000, description="Synthetic data only.")
-    samples: int = Field(default=512, ge=2, le=10_000_000, description="Synthetic data only.")
+    num_classes: int = Field(default=10, ge=2, le=10_000, description="Synthetic data only.")
+    samples: int = Field(default=512, ge=2, le=1_000_000, description="Synthetic data only.")
+    val_path: str | None = Field(
+        default=None, max_length=4096, description="imagefolder: the validation folder."
+    )
+
+    @model_validator(mode="after")
+    def _synthetic_fits_in_memory(self) -> DatasetSpec:
+        values = self.samples * self.channels * self.image_size**2
+        if self.name == "synthetic" and values > MAX_SYNTHETIC_VALUES:
+            raise ValueError(
+                f"synthetic data of samples x channels x image_size^2 = {values} values; the "
+                f"limit is {MAX_SYNTHETIC_VALUES} (fewer samples or a smaller image_size)"
+            )
+        return self
 
 
 class OptimizerSpec(Strict):
@@ -99,9 +114,9 @@ class TrainJob(Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     model_name: ModelName
     arch: str = Field(default="cifar_cnn", max_length=64)
-    arch_kwargs: dict[str, Scalar] = Field(default_factory=dict, max_length=32)
+    arch_kwargs: ArchKwargs = Field(default_factory=dict, max_length=32)
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
-    epochs: int = Field(default=5, ge=1, le=10_000)
+    epochs: int = Field(default=5, ge=1, le=1_000)
     batch_size: int = Field(default=64, ge=1, le=65_536)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
@@ -189,6 +204,10 @@ class CompressJob(Strict):
     )
     gates: GateSpec = Field(default_factory=GateSpec)
     promote: AliasName | None = None
+    force_promote: bool = Field(default=False, description="Promote even if worse than now.")
+    compare_alias: AliasName | None = Field(
+        default=None, description="Measure this alias's target beside the variants (no move)."
+    )
     device: DeviceChoice = "any"
     latency_iters: int = Field(default=50, ge=3, le=10_000, description="Timed runs per batch.")
     warmup_iters: int = Field(default=5, ge=0, le=1000)
@@ -289,6 +308,7 @@ class PipelineJob(Strict):
     )
     gates: GateSpec = Field(default_factory=GateSpec)
     promote: AliasName = "production"
+    force_promote: bool = Field(default=False, description="Promote even if worse than now.")
     variant: VariantName = Field(
         default=None, description="Promote this variant (it must pass); the best one if unset."
     )

@@ -11,7 +11,7 @@ from pydantic import (
 
 from shared.jobs.refs import (
     MODEL_NAME_PATTERN,
-    Scalar,
+    ArchKwargs,
     Strict,
 )
 
@@ -102,10 +102,10 @@ class DistillStep(StepSpec):
 
     method: Literal["distill"] = "distill"
     student_arch: str = Field(default="mlp", max_length=64)
-    student_kwargs: dict[str, Scalar] = Field(default_factory=dict, max_length=32)
+    student_kwargs: ArchKwargs = Field(default_factory=dict, max_length=32)
     temperature: float = Field(default=4.0, gt=0, le=100)
     alpha: float = Field(default=0.7, ge=0, le=1, description="Weight of the soft-target term.")
-    epochs: int = Field(default=10, ge=1, le=10_000)
+    epochs: int = Field(default=10, ge=1, le=1_000)
     batch_size: int = Field(default=64, ge=1, le=65_536)
     optimizer: Literal["sgd", "adam"] = "adam"
     lr: float = Field(default=0.003, gt=0, le=10)

@@ -28,6 +28,7 @@ def fleet_env(redis_server: EmbeddedRedis, fleet_dir: Path) -> dict[str, str]:
         TORCHFLEET_REDIS_URL=redis_server.url,
         TORCHFLEET_ARTIFACTS=str(fleet_dir / "artifacts"),
         TORCHFLEET_TORCH_THREADS="1",
+        TORCHFLEET_DATA_ROOTS=str(fleet_dir / "data"),
     )
     return env
 

@@ -229,7 +229,7 @@ def test_cancel_stops_a_running_training_job_between_epochs(
     job_id = client.submit_train(
         model_name=name,
         arch="mlp",
-        epochs=5000,
+        epochs=1000,  # the most a job may ask for; cancelled after the first
         batch_size=32,
         dataset={"name": "digits", "limit": 200, "image_size": 8, "channels": 1},
     )

@@ -14,7 +14,7 @@ import pytest
 
 from producers.client import Client
 from shared.errors import ModelNotFound
-from tests.fleet import WorkerProcess
+from tests.fleet import WorkerProcess, until
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +62,9 @@ def test_pipeline_trains_compresses_promotes_and_warms(
     gate = client.state(f"{promoted['job_id']}:gate")
     assert gate.status == "SUCCESS" and gate.result is not None
     assert gate.result["stages"][-1]["detail"]["chosen"] == "int8"
+    # the train stage's checkpoint goes once its own answer is stored
+    checkpoint = Path(client.settings.artifacts) / "checkpoints" / f"{promoted['job_id']}-train"
+    until(lambda: not checkpoint.exists(), "the train stage's checkpoint to be dropped")
 
     served = client.wait(client.submit_infer(name, [[[[0.0] * 8] * 8]]), timeout=60)
     assert served["variant"] == "int8" and served["cache_hit"] is True

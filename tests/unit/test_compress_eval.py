@@ -27,11 +27,17 @@ from tests.unit.compression_helpers import context, variant_report
 from workers.compression.variants import flags, gate
 from workers.jobs.compression import compare, execute
 from workers.modelio import build_module
+from workers.zoo.confine import DataLimits
 from workers.zoo.datasets import load_dataset
 from workers.zoo.models import create_model
 
 FAST = {"latency_iters": 3, "warmup_iters": 0}
 TWO_CLASS_KWARGS: dict[str, Any] = {"num_classes": 2, "in_channels": 3, "image_size": 8}
+
+
+def allowing(settings: Settings, root: Path) -> Settings:
+    """The settings with ``root`` among the worker's data roots."""
+    return settings.model_copy(update={"data_roots": [str(root)]})
 
 
 def stripes_folder(root: Path, per_class: int = 12) -> DatasetSpec:
@@ -72,7 +78,7 @@ def test_without_eval_dataset_the_source_is_measured_on_its_own_training_data(
     settings: Settings, registry: ModelRegistry, tmp_path: Path
 ) -> None:
     spec = stripes_folder(tmp_path / "stripes")
-    ctx = context(settings, registry, [])
+    ctx = context(allowing(settings, tmp_path), registry, [])
     register(ctx, registry, {"dataset": spec.model_dump(mode="json"), "job_id": "train-1"})
 
     result = execute(compress(), ctx)
@@ -81,7 +87,7 @@ def test_without_eval_dataset_the_source_is_measured_on_its_own_training_data(
     # The baseline accuracy is the source's on the folder's own validation split.
     tensors, manifest = ctx.store.get_model(ctx.registry.resolve("stripes:1").record.digest)
     module = build_module(manifest, tensors).eval()
-    val = load_dataset(spec).val
+    val = load_dataset(spec, DataLimits.from_settings(ctx.settings)).val
     images = torch.stack([x for x, _ in val])  # type: ignore[attr-defined]
     labels = torch.tensor([int(y) for _, y in val])  # type: ignore[attr-defined]
     with torch.inference_mode():
@@ -95,7 +101,7 @@ def test_an_explicit_eval_dataset_wins_and_is_reported_as_the_jobs(
     settings: Settings, registry: ModelRegistry, tmp_path: Path
 ) -> None:
     spec = stripes_folder(tmp_path / "stripes")
-    ctx = context(settings, registry, [])
+    ctx = context(allowing(settings, tmp_path), registry, [])
     register(ctx, registry, {"dataset": {"name": "digits"}})
 
     result = execute(compress(eval_dataset=spec.model_dump()), ctx)
@@ -127,7 +133,7 @@ def test_the_printed_report_says_which_data_was_used(
     settings: Settings, registry: ModelRegistry, tmp_path: Path
 ) -> None:
     spec = stripes_folder(tmp_path / "stripes")
-    ctx = context(settings, registry, [])
+    ctx = context(allowing(settings, tmp_path), registry, [])
     register(ctx, registry, {"dataset": spec.model_dump(mode="json")})
     result = execute(compress(), ctx)
 

@@ -11,7 +11,13 @@ from PIL import Image
 
 from shared.errors import DatasetNotFound, InvalidJob, UnknownDataset
 from shared.jobs import DatasetSpec
-from workers.zoo.datasets import DATASETS, load_dataset
+from workers.zoo.confine import DataLimits
+from workers.zoo.datasets import DATASETS, DatasetBundle, load_dataset
+
+
+def load_under(spec: DatasetSpec, root: Path) -> DatasetBundle:
+    """The dataset, read with ``root`` as the only data root."""
+    return load_dataset(spec, DataLimits(roots=(root,), max_files=10_000, max_pixels=10**6))
 
 
 def test_all_four_datasets_are_registered() -> None:
@@ -45,7 +51,7 @@ def test_an_unknown_dataset_names_the_known_ones() -> None:
 @pytest.mark.parametrize("name", ["cifar10", "imagefolder"])
 def test_a_missing_folder_is_dataset_not_found(name: str, tmp_path: Path) -> None:
     with pytest.raises(DatasetNotFound, match="does not exist"):
-        load_dataset(DatasetSpec(name=name, path=str(tmp_path / "nowhere")))
+        load_under(DatasetSpec(name=name, path=str(tmp_path / "nowhere")), tmp_path)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "imagefolder"])
@@ -55,8 +61,8 @@ def test_a_file_dataset_without_a_path_says_it_needs_one(name: str) -> None:
 
 
 def test_a_folder_without_cifar_batches_is_dataset_not_found(tmp_path: Path) -> None:
-    with pytest.raises(DatasetNotFound, match="cifar-10-batches-py"):
-        load_dataset(DatasetSpec(name="cifar10", path=str(tmp_path)))
+    with pytest.raises(DatasetNotFound, match="cifar-10-batches-bin"):
+        load_under(DatasetSpec(name="cifar10", path=str(tmp_path)), tmp_path)
 
 
 def _write_image_folder(root: Path, classes: dict[str, int], size: int = 12) -> None:
@@ -71,7 +77,7 @@ def _write_image_folder(root: Path, classes: dict[str, int], size: int = 12) -> 
 def test_imagefolder_reads_class_folders_resizes_and_normalises(tmp_path: Path) -> None:
     _write_image_folder(tmp_path, {"cat": 5, "dog": 4, "eel": 3})
     spec = DatasetSpec(name="imagefolder", path=str(tmp_path), image_size=8, val_fraction=0.25)
-    bundle = load_dataset(spec)
+    bundle = load_under(spec, tmp_path)
     assert bundle.class_names == ["cat", "dog", "eel"] and bundle.num_classes == 3
     assert (len(bundle.train), len(bundle.val)) == (9, 3)  # type: ignore[arg-type]
     assert not bundle.in_memory
@@ -85,17 +91,17 @@ def test_imagefolder_reads_class_folders_resizes_and_normalises(tmp_path: Path) 
 def test_imagefolder_grey_and_limited(tmp_path: Path) -> None:
     _write_image_folder(tmp_path, {"a": 4, "b": 4})
     spec = DatasetSpec(name="imagefolder", path=str(tmp_path), image_size=8, channels=1, limit=5)
-    bundle = load_dataset(spec)
+    bundle = load_under(spec, tmp_path)
     assert len(bundle.train) + len(bundle.val) == 5  # type: ignore[arg-type]
     assert bundle.train[0][0].shape == (1, 8, 8)
 
 
 def test_an_imagefolder_without_class_folders_is_dataset_not_found(tmp_path: Path) -> None:
     with pytest.raises(DatasetNotFound, match="class folders"):
-        load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path)))
+        load_under(DatasetSpec(name="imagefolder", path=str(tmp_path)), tmp_path)
 
 
 def test_an_imagefolder_with_one_class_is_refused(tmp_path: Path) -> None:
     _write_image_folder(tmp_path, {"only": 3})
     with pytest.raises(InvalidJob, match="1 class"):
-        load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path)))
+        load_under(DatasetSpec(name="imagefolder", path=str(tmp_path)), tmp_path)

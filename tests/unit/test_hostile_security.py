@@ -28,6 +28,8 @@ PICKLE_MODULES = frozenset(
 HOSTILE_TESTS = frozenset({
     "tests/unit/test_artifacts.py",
     "tests/integration/test_chaos_hostile.py",
+    "tests/unit/test_data_confinement.py",
+    "tests/integration/test_hostile_data.py",
 })  # fmt: skip
 ACL_USER, ACL_PASSWORD = "fleet", "s3cret-pass"
 

@@ -42,11 +42,13 @@ from workers.compression.evaluation import (
     latency_grid,
     stored_tensors,
 )
+from workers.compression.incumbent import INCUMBENT, Incumbent, load_incumbent, named, promote
 from workers.compression.pruning import sparsity
 from workers.compression.steps import ModelState, Sample, StepEnv, is_quantized
-from workers.compression.variants import best, flags, gate, planned_variants
+from workers.compression.variants import flags, gate, planned_variants
 from workers.context import JobContext
 from workers.modelio import Tensors, build_module
+from workers.zoo.confine import DataLimits
 from workers.zoo.datasets import DatasetBundle, load_dataset
 
 ROUND_TRIP_ATOL = 1e-4
@@ -70,7 +72,7 @@ def execute(job: CompressJob, ctx: JobContext) -> CompressResult:
     started = time.perf_counter()
     source, state = load_source(job, ctx)
     spec, origin = eval_dataset(job.eval_dataset, state.manifest, source.ref)
-    bundle = load_dataset(spec)
+    bundle = load_dataset(spec, DataLimits.from_settings(ctx.settings))
     check_data(bundle, state.manifest, source)
     planned = planned_variants(job.steps, source.variant)
     check_names(planned, source, ctx)
@@ -82,22 +84,28 @@ def execute(job: CompressJob, ctx: JobContext) -> CompressResult:
         store=ctx.store,
     )
     baseline = candidate(state, ctx.device)
+    held = load_incumbent(job, source, ctx, state.manifest.input_shape)
     emitted = run_steps(job, state, env, dict(planned), ctx)
 
     ctx.progress({"stage": "evaluate", "variants": len(emitted)})
-    base_report, reports = measure(job, source, state, baseline, emitted, bundle.val)
+    extra = [incumbent_entry(held, env)] if held is not None else []
+    base_report, reports = measure(job, source, state, baseline, emitted + extra, bundle.val)
+    incumbent = named(reports.pop(), held) if held is not None else None
 
     ctx.progress({"stage": "register", "variants": len(reports)})
     for entry, report in zip(emitted, reports, strict=True):
         if report.passed:
             register(entry, report, source, job, ctx)
+    promoted, promotion = promote(job, reports, source, ctx, incumbent, held)
     return CompressResult(
         job_id=ctx.job_id,
         source=source.ref,
         version=source.version,
         baseline=base_report,
         variants=reports,
-        promoted=promote(job, reports, source, ctx),
+        promoted=promoted,
+        incumbent=incumbent,
+        promotion=promotion,
         seconds=time.perf_counter() - started,
         worker=ctx.worker,
         device=str(ctx.device),
@@ -315,13 +323,8 @@ def register(
     report.registered = True
 
 
-def promote(
-    job: CompressJob, reports: list[VariantReport], source: Resolved, ctx: JobContext
-) -> str | None:
-    if job.promote is None:
-        return None
-    chosen = best(reports)
-    if chosen is None:
-        return None
-    ctx.registry.set_alias(source.name, job.promote, source.version, chosen.variant)
-    return f"{source.name}:{source.version}:{chosen.variant}"
+def incumbent_entry(held: Incumbent, env: StepEnv) -> Emitted:
+    """The alias's current target as one more row of the measurement (never registered)."""
+    model = candidate(held.state, env.device)
+    size = held.state.manifest.size_bytes
+    return Emitted(INCUMBENT, held.state, {}, size, accuracy(model, env.val), model)

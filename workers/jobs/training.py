@@ -45,6 +45,7 @@ from workers.train.run import (
     run_epoch,
     seed_everything,
 )
+from workers.zoo.confine import DataLimits
 from workers.zoo.datasets import DatasetBundle, load_dataset
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def execute(job: TrainJob, ctx: JobContext) -> TrainResult:
     """
     started = time.perf_counter()
     seed_everything(job.seed)
-    bundle = load_dataset(job.dataset)
+    bundle = load_dataset(job.dataset, DataLimits.from_settings(ctx.settings))
     check_batch_size(job.batch_size, bundle)
     model, arch_kwargs = build_model(job, bundle)
     model.to(ctx.device)
@@ -148,7 +149,6 @@ def execute(job: TrainJob, ctx: JobContext) -> TrainResult:
     resumed_from = resume(ctx, job, parts, run)
     fit(job, ctx, parts, run, (train, val), shuffle)
     digest, size_bytes = register(job, ctx, bundle, arch_kwargs, parts, run, resumed_from)
-    ctx.store.drop_checkpoint(ctx.job_id)
     return TrainResult(
         job_id=ctx.job_id,
         model=job.model_name,
@@ -223,7 +223,7 @@ def register(
         class_names=bundle.class_names,
         preprocessing=bundle.preprocessing,
         metrics=metrics,
-        lineage=lineage(job, ctx, resumed_from),
+        lineage={**lineage(job, ctx, resumed_from), "dataset_layout": bundle.layout},
     )
     stored = ctx.store.put_model(run.best_weights, manifest)
     record = VariantRecord(

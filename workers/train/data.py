@@ -40,6 +40,13 @@ def build_loaders(
     """Shuffled training batches (order drawn from ``generator``) and in-order validation ones.
 
     A final training batch of one sample is dropped: batch-norm cannot train on it.
+
+    Loader processes are started afresh every epoch, never kept: a loader draws its
+    processes' seed from ``generator`` whenever it starts them, so a kept set would draw once
+    at the run's first epoch and shift every later shuffle, and a run resumed at epoch k
+    would take that draw at epoch k instead of 1 (not bit-identical). Started per epoch, the
+    draws match those of in-process loading, so the order does not depend on the number of
+    processes either.
     """
     workers = loader_workers(bundle)
     pin = device.type == "cuda"
@@ -52,14 +59,12 @@ def build_loaders(
         drop_last=n_train % batch_size == 1,
         num_workers=workers,
         pin_memory=pin,
-        persistent_workers=workers > 0,
     )
     val = DataLoader(
         bundle.val,
         batch_size=batch_size,
         num_workers=workers,
         pin_memory=pin,
-        persistent_workers=workers > 0,
     )
     return train, val
 

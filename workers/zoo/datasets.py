@@ -1,4 +1,5 @@
-"""Datasets by name. Nothing is downloaded: data ships in a package or lies in a local folder.
+"""Datasets by name. Nothing is downloaded: data ships in a package or lies in a local folder
+under the worker's data roots (:mod:`workers.zoo.confine`).
 
 A loader returns a :class:`DatasetBundle`: train and validation sets of normalised
 ``(C, H, W)`` float tensors, split with a fixed seed, and the preprocessing that turns a raw
@@ -7,6 +8,7 @@ image into the same kind of tensor at inference time.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,12 @@ from shared.errors import DatasetNotFound, InvalidJob, UnknownDataset
 from shared.jobs import DatasetSpec
 from shared.manifest import Preprocessing
 from workers.catalog import Registry
+from workers.zoo.cifar import BIN_FOLDER, PY_FOLDER, CifarImages, read_cifar10
+from workers.zoo.confine import DataLimits, confined_folder
+from workers.zoo.imagefiles import ImageFiles, scan_class_folders
+from workers.zoo.splits import check_same_classes, refuse_split_names, split_folders
 
+log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -30,7 +37,8 @@ class DatasetBundle:
     """Train and validation sets plus what the model and the inference side need to know.
 
     ``in_memory`` says the samples are tensors already (no decoding per sample), so a data
-    loader gains nothing from worker processes.
+    loader gains nothing from worker processes. ``layout`` says which folders of a file
+    dataset trained and which validated.
     """
 
     train: Dataset[tuple[torch.Tensor, torch.Tensor]]
@@ -40,16 +48,21 @@ class DatasetBundle:
     preprocessing: Preprocessing
     class_names: list[str] = field(default_factory=list)
     in_memory: bool = True
+    layout: str | None = None  # which folders were read, when that was a choice
 
 
-DatasetLoader = Callable[[DatasetSpec], DatasetBundle]
+DatasetLoader = Callable[[DatasetSpec, DataLimits], DatasetBundle]
 DATASETS: Registry[DatasetLoader] = Registry("dataset", UnknownDataset)
 register_dataset = DATASETS.register
 
 
-def load_dataset(spec: DatasetSpec) -> DatasetBundle:
-    """The dataset the spec names, split into train and validation sets."""
-    return DATASETS.get(spec.name)(spec)
+def load_dataset(spec: DatasetSpec, limits: DataLimits | None = None) -> DatasetBundle:
+    """The dataset the spec names, split into train and validation sets.
+
+    ``limits``: the data roots and bounds file data is read under (default: this process's
+    settings, ``TORCHFLEET_DATA_ROOTS`` and the rest).
+    """
+    return DATASETS.get(spec.name)(spec, limits or DataLimits.from_settings())
 
 
 def preprocessing_for(spec: DatasetSpec) -> Preprocessing:
@@ -90,7 +103,7 @@ def _stats(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 @register_dataset("digits")
-def digits(spec: DatasetSpec) -> DatasetBundle:
+def digits(spec: DatasetSpec, limits: DataLimits) -> DatasetBundle:
     """scikit-learn's 1,797 real 8x8 handwritten digits (0-16 grey levels), resized."""
     from sklearn.datasets import load_digits
 
@@ -112,7 +125,7 @@ def digits(spec: DatasetSpec) -> DatasetBundle:
 
 
 @register_dataset("synthetic")
-def synthetic(spec: DatasetSpec) -> DatasetBundle:
+def synthetic(spec: DatasetSpec, limits: DataLimits) -> DatasetBundle:
     """Random images with random labels, for when only shapes matter."""
     generator = torch.Generator().manual_seed(spec.split_seed)
     shape = (spec.samples, spec.channels, spec.image_size, spec.image_size)
@@ -130,7 +143,7 @@ def synthetic(spec: DatasetSpec) -> DatasetBundle:
 
 
 def image_transform(spec: DatasetSpec) -> Any:
-    """The source's per-image transforms: resize, to-tensor, normalise (ImageNet mean/std)."""
+    """Per-image transforms of file data: resize, to-tensor, normalise (ImageNet mean/std)."""
     from torchvision import transforms
 
     mean, std = _stats(spec.channels)
@@ -141,16 +154,12 @@ def image_transform(spec: DatasetSpec) -> Any:
     return transforms.Compose(steps)
 
 
-def _existing_folder(spec: DatasetSpec, what: str) -> Path:
+def _folder(spec: DatasetSpec, limits: DataLimits, holds: str) -> Path:
     if not spec.path:
-        raise DatasetNotFound(f"the {spec.name} dataset needs dataset.path: the folder {what}")
-    folder = Path(spec.path).expanduser()
-    if not folder.is_dir():
         raise DatasetNotFound(
-            f"dataset folder {str(folder)!r} does not exist on this worker; it should hold {what} "
-            "(torchfleet never downloads data: copy it there or mount a shared volume)"
+            f"the {spec.name} dataset needs dataset.path: a folder that holds {holds}"
         )
-    return folder
+    return confined_folder(spec.path, limits)
 
 
 def _limited(data: Dataset[Any], spec: DatasetSpec) -> Dataset[Any]:
@@ -160,10 +169,13 @@ def _limited(data: Dataset[Any], spec: DatasetSpec) -> Dataset[Any]:
     return Subset(data, range(spec.limit))
 
 
-def _file_bundle(data: Dataset[Any], class_names: list[str], spec: DatasetSpec) -> DatasetBundle:
+def _file_bundle(
+    train: Dataset[Any], val: Dataset[Any], class_names: list[str], spec: DatasetSpec, **kw: Any
+) -> DatasetBundle:
     if len(class_names) < 2:
-        raise InvalidJob(f"dataset at {spec.path!r} has {len(class_names)} class(es); need >= 2")
-    train, val = split(_limited(data, spec), spec)
+        raise InvalidJob(
+            f"the dataset has {len(class_names)} class folder(s); a classifier needs at least 2"
+        )
     return DatasetBundle(
         train=train,
         val=val,
@@ -171,42 +183,45 @@ def _file_bundle(data: Dataset[Any], class_names: list[str], spec: DatasetSpec) 
         input_shape=(spec.channels, spec.image_size, spec.image_size),
         preprocessing=preprocessing_for(spec),
         class_names=class_names,
-        in_memory=False,
+        **kw,
     )
 
 
 @register_dataset("cifar10")
-def cifar10(spec: DatasetSpec) -> DatasetBundle:
-    """CIFAR-10's training batches from a local folder (``dataset.path``); never downloads.
-
-    The folder is the one torchvision's ``CIFAR10(root=...)`` expects: it holds the extracted
-    ``cifar-10-batches-py``. Those batch files are Python pickles that torchvision reads: that
-    is the standard format of the data set, read only from a folder the user put there.
-    """
-    from torchvision.datasets import CIFAR10
-
-    root = _existing_folder(spec, "with the extracted cifar-10-batches-py folder")
-    try:
-        data = CIFAR10(root=str(root), train=True, download=False, transform=image_transform(spec))
-    except RuntimeError as e:
-        raise DatasetNotFound(
-            f"no complete CIFAR-10 under {str(root)!r} ({e}); extract cifar-10-python.tar.gz "
-            "there so that it holds cifar-10-batches-py/"
-        ) from e
-    return _file_bundle(data, list(data.classes), spec)
+def cifar10(spec: DatasetSpec, limits: DataLimits) -> DatasetBundle:
+    """CIFAR-10's training batches from ``dataset.path`` (see :mod:`workers.zoo.cifar`)."""
+    root = _folder(spec, limits, f"{BIN_FOLDER}/ or {PY_FOLDER}/")
+    arrays = read_cifar10(root)
+    data = CifarImages(arrays, lambda images: normalise_images(images, spec))
+    train, val = split(_limited(data, spec), spec)
+    return _file_bundle(train, val, arrays.classes, spec)
 
 
 @register_dataset("imagefolder")
-def imagefolder(spec: DatasetSpec) -> DatasetBundle:
-    """A folder of class sub-folders of images (torchvision's ``ImageFolder``)."""
-    from torchvision.datasets import ImageFolder
+def imagefolder(spec: DatasetSpec, limits: DataLimits) -> DatasetBundle:
+    """A folder of class sub-folders of images, or train/ and val/ folders of them.
 
-    root = _existing_folder(spec, "with one sub-folder of images per class")
-    try:
-        data = ImageFolder(str(root), transform=image_transform(spec))
-    except FileNotFoundError as e:
+    See :mod:`workers.zoo.splits` for the layouts; every path stays under the data roots.
+    """
+    root = _folder(spec, limits, "one sub-folder of images per class")
+    val_root = confined_folder(spec.val_path, limits, "dataset.val_path") if spec.val_path else None
+    folders = split_folders(root, val_root)
+    budget = [limits.max_files]
+    scan = scan_class_folders(folders.train, limits, budget)
+    refuse_split_names(scan.classes, "dataset.path")
+    if not scan.classes:
         raise DatasetNotFound(
-            f"no class folders of images under {str(root)!r}: {e}; expected "
-            "ROOT/<class name>/<image>.png"
-        ) from e
-    return _file_bundle(data, list(data.classes), spec)
+            "no class folders in dataset.path: expected PATH/<class name>/<image>.png, or "
+            "PATH/train/<class name>/... beside PATH/val/<class name>/..."
+        )
+    transform = image_transform(spec)
+    train: Dataset[Any] = ImageFiles(scan.samples, transform, limits.max_pixels)
+    if folders.val is None:
+        train, val = split(_limited(train, spec), spec)
+    else:
+        val_scan = scan_class_folders(folders.val, limits, budget)
+        check_same_classes(scan.classes, val_scan.classes)
+        train = _limited(train, spec)
+        val = _limited(ImageFiles(val_scan.samples, transform, limits.max_pixels), spec)
+    log.info("imagefolder: %s", folders.note)
+    return _file_bundle(train, val, scan.classes, spec, in_memory=False, layout=folders.note)
