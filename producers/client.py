@@ -313,8 +313,13 @@ class Client:
 
     # ------------------------------------------------------------ operations
     def status(self) -> dict[str, Any]:
-        """Live workers (heartbeat records), queue depths per priority lane, dead letters."""
-        return fleet_status(self.redis)
+        """Live workers (heartbeat records), queue depths per priority lane, dead letters,
+        and the jobs in flight (who holds each; when a dead worker's come back)."""
+        return fleet_status(
+            self.redis,
+            visibility_timeout_s=self.settings.visibility_timeout_s,
+            restore_interval_s=self.settings.restore_interval_s,
+        )
 
     def stats_records(
         self, *, since_s: float | None = None, model: str | None = None

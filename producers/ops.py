@@ -8,6 +8,7 @@ from typing import Any
 
 from redis import Redis
 
+from shared.deadletter import in_flight
 from shared.names import (
     ALL_QUEUES,
     DEVICE_KINDS,
@@ -18,13 +19,21 @@ from shared.names import (
     device_queue,
     queue_keys,
 )
+from shared.settings import DEFAULT_VISIBILITY_TIMEOUT_S
 from shared.stats import decode_record
 
 STATS_PAGE = 10_000
 
 
-def fleet_status(redis: Redis) -> dict[str, Any]:
-    """Live workers (heartbeat records), queue depths per priority lane, dead letters."""
+def fleet_status(
+    redis: Redis,
+    *,
+    visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S,
+    restore_interval_s: float = 0.0,
+) -> dict[str, Any]:
+    """Live workers (heartbeat records), queue depths per priority lane, dead letters, and
+    the jobs in flight (see :func:`shared.deadletter.in_flight`); a dead worker's jobs come
+    back ``returns_in_s`` plus at most ``restore_interval_s`` (one sweep) from now."""
     workers = []
     for key in sorted(redis.scan_iter(match=f"{KEY_WORKER}*", count=500)):
         raw = redis.get(key)
@@ -45,11 +54,15 @@ def fleet_status(redis: Redis) -> dict[str, Any]:
             "depth": sum(per_lane),
             "lanes": {str(s): int(n) for s, n in zip(PRIORITY_STEPS, per_lane, strict=True)},
         }
+    live = {str(w.get("name")): w.get("holding", []) for w in workers}
     return {
         "time": time.time(),
         "workers": sorted(workers, key=lambda w: str(w.get("name"))),
         "queues": queues,
         "deadletter": int(counts[-1]),
+        "in_flight": in_flight(redis, live, visibility_timeout_s=visibility_timeout_s),
+        "visibility_timeout_s": visibility_timeout_s,
+        "restore_interval_s": restore_interval_s,
     }
 
 

@@ -6,6 +6,7 @@ without it gets a clear error instead of an ImportError from deep inside.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -62,38 +63,49 @@ def plot_latency(
     field: str = "total_worker_ms",
     bucket_s: float | None = None,
 ) -> dict[str, Any]:
-    """Write a PNG of latency percentiles over time (bucketed) and per worker.
+    """Write a PNG of latency percentiles over time (bucketed), one colour per job kind, and
+    per kind and worker.
 
-    ``records`` are decoded stats-stream records (``Client.stats_records``); only successful
-    jobs that carry ``field`` count (``wall_ms`` covers every job kind). Returns the plotted
-    figures: the bucket width and the per-bucket and per-worker percentiles.
+    ``records`` are decoded stats-stream records (``Client.stats_records``); only completed
+    jobs that carry ``field`` count (``wall_ms`` covers every job kind). A bucket without
+    data is a gap in the line, never a straight line across it. Returns the plotted figures:
+    the bucket width, the per-kind buckets and the per-kind-and-worker percentiles.
     """
-    from shared.stats import bucket_stats, choose_bucket_s, group_stats
+    from shared.stats import COMPLETED, bucket_stats, choose_bucket_s, group_stats
 
-    usable = [r for r in records if r.get("outcome") == "success" and field in r]
+    usable = [r for r in records if r.get("outcome") in COMPLETED and field in r]
     if not usable:
-        raise ValueError(f"no successful jobs with {field!r} in the selected records to plot")
+        raise ValueError(f"no completed jobs with {field!r} in the selected records to plot")
     stamps = [float(r["ts"]) for r in usable]
     width = bucket_s or choose_bucket_s(max(stamps) - min(stamps))
-    buckets = bucket_stats(usable, bucket_s=width, field=field)
-    workers = [g for g in group_stats(usable, group_by=("worker",)) if field in g["latency_ms"]]
+    kinds = sorted({str(r.get("kind", "-")) for r in usable})
+    buckets = {
+        kind: bucket_stats(
+            [r for r in usable if r.get("kind", "-") == kind], bucket_s=width, field=field
+        )
+        for kind in kinds
+    }
+    groups = group_stats(usable, group_by=("kind", "worker"))
+    workers = [g for g in groups if field in g["latency_ms"]]
+    origin = min(b[0]["start"] for b in buckets.values())
+    end = max(b[-1]["start"] for b in buckets.values())
     plt = _pyplot()
     fig, (ax_time, ax_workers) = plt.subplots(1, 2, figsize=(13, 4.2))
-    origin = buckets[0]["start"]
-    xs = [b["start"] - origin for b in buckets]
-    for q, style in (("p50", "-o"), ("p95", "-s"), ("p99", "-^")):
-        ax_time.plot(xs, [b[q] for b in buckets], style, markersize=3, label=q)
+    for i, kind in enumerate(kinds):
+        xs, series = with_gaps(buckets[kind], origin, end, width)
+        for q, style in (("p50", "-o"), ("p95", "--s"), ("p99", ":^")):
+            ax_time.plot(xs, series[q], style, color=f"C{i}", markersize=3, label=f"{kind} {q}")
     ax_time.set_title(f"{field} over time ({width:g} s buckets)")
     ax_time.set_xlabel("seconds since first bucket")
     ax_time.set_ylabel("ms")
-    ax_time.legend()
-    names = [str(g["worker"]) for g in workers]
+    ax_time.legend(fontsize="small")
+    names = [f"{g['kind']}\n{str(g['worker']).split('@')[0]}" for g in workers]
     positions = range(len(names))
     for offset, q in ((-0.27, "p50"), (0.0, "p95"), (0.27, "p99")):
         values = [g["latency_ms"][field][q] for g in workers]
         ax_workers.bar([p + offset for p in positions], values, width=0.27, label=q)
-    ax_workers.set_xticks(list(positions), [n.split("@")[0] for n in names], rotation=20)
-    ax_workers.set_title(f"{field} per worker")
+    ax_workers.set_xticks(list(positions), names, rotation=20)
+    ax_workers.set_title(f"{field} per kind and worker")
     ax_workers.set_ylabel("ms")
     ax_workers.legend()
     for ax in (ax_time, ax_workers):
@@ -102,3 +114,18 @@ def plot_latency(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return {"field": field, "bucket_s": width, "buckets": buckets, "workers": workers}
+
+
+def with_gaps(
+    buckets: list[dict[str, Any]], origin: float, end: float, width: float
+) -> tuple[list[float], dict[str, list[float]]]:
+    """Every bucket from ``origin`` to ``end`` (x in seconds since ``origin``), with NaN
+    percentiles where a bucket holds no data, so that matplotlib breaks the line there."""
+    by_index = {round((b["start"] - origin) / width): b for b in buckets}
+    count = round((end - origin) / width) + 1
+    series: dict[str, list[float]] = {q: [] for q in ("p50", "p95", "p99")}
+    for i in range(count):
+        bucket = by_index.get(i)
+        for q, values in series.items():
+            values.append(float(bucket[q]) if bucket else math.nan)
+    return [i * width for i in range(count)], series

@@ -82,6 +82,7 @@ def render_compress(console: Console, result: dict[str, Any]) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    console.print(parsed.eval_description())
     for variant in parsed.variants:
         for note in variant.notes:
             console.print(f"[dim]{variant.variant}: {note}[/]")

@@ -47,7 +47,9 @@ from workers.compression.evaluation import (
     batch_of,
     candidate,
     count_weights,
+    flips,
     latencies,
+    predictions,
     stored_tensors,
 )
 from workers.compression.steps import ModelState, Sample, StepEnv
@@ -131,14 +133,18 @@ def measure(
     models = {name: candidate(state, CPU) for name, state in states.items()}
     timing = latencies(models, batch_of(val, batch), iters=setup.iters, warmup=setup.warmup)
     rows = {}
+    answers = {name: predictions(model, val) for name, model in models.items()}
     for name, state in states.items():
         tensors, size = stored_tensors(state.module, state.manifest)
         rebuilt = build_module(state.manifest, from_safetensors_roundtrip(tensors))
         sample = batch_of(val, 8)
         with torch.inference_mode():
             same = bool(torch.allclose(rebuilt(sample), state.module(sample), atol=1e-4))
+        predicted, labels = answers[name]
         rows[name] = {
-            "accuracy": round(accuracy(models[name], val), 2),
+            "accuracy": round(100.0 * int((predicted == labels).sum()) / len(labels), 2),
+            "wrong": int((predicted != labels).sum()),
+            "val_images": len(labels),
             "size_bytes": size,
             "parameters": count_weights(state.module),
             "p50_ms": round(timing[name].p50_ms, 3),
@@ -146,7 +152,26 @@ def measure(
             "min_ms": round(timing[name].min_ms, 3),
             "rebuilds_from_safetensors": same,
         }
+        if name != "float" and "float" in answers:
+            rows[name]["vs_float"] = paired(answers["float"][0], predicted, labels)
     return rows
+
+
+def paired(source: torch.Tensor, other: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Images the compressed model fixed and broke against its float source, and the exact
+    two-sided sign-test p-value of that split (McNemar): a one-image gain is noise."""
+    from scipy.stats import binomtest
+
+    change = flips(source, other, labels)
+    changed = change.fixed + change.broken
+    p_value = binomtest(change.fixed, changed, 0.5).pvalue if changed else 1.0
+    return {
+        "fixed": change.fixed,
+        "broken": change.broken,
+        "net_images": change.net,
+        "images": change.total,
+        "p_value": round(float(p_value), 3),
+    }
 
 
 def from_safetensors_roundtrip(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -172,6 +197,7 @@ def compare(
         "speedup_min": round(base["min_ms"] / var["min_ms"], 2),
         "size_ratio": round(smaller, 2),
         "accuracy_drop_pt": round(drop, 2),
+        "vs_float": var["vs_float"],
         "targets": targets,
         "passed": all(checks),
     }
@@ -295,9 +321,15 @@ def print_table(report: dict[str, Any]) -> None:
         f"{report['seconds']:.0f} s"
     )
     print("# speed-up = float p50 / compressed p50 (min: the same ratio of the fastest runs)")
+    print(
+        "# fixed/broken: validation images the compressed model gets right where the float "
+        "one was wrong, and the reverse; p: exact sign test of that split (p > 0.05: no "
+        "measurable accuracy change)"
+    )
     header = (
         f"{'bar':<48} {'batch':>5} {'float p50':>10} {'cmp p50':>9} {'speedup':>8} "
-        f"{'(min)':>7} {'size x':>7} {'acc f':>6} {'acc c':>6} {'drop':>6}  pass"
+        f"{'(min)':>7} {'size x':>7} {'acc f':>6} {'acc c':>6} {'drop':>6} "
+        f"{'fixed/broken':>12} {'p':>5}  pass"
     )
     print(header)
     print("-" * len(header))
@@ -309,7 +341,9 @@ def print_table(report: dict[str, Any]) -> None:
             f"{bar['bar']:<48} {bar['batch']:>5} {f['p50_ms']:>8.2f}ms {c['p50_ms']:>7.2f}ms "
             f"{bar['speedup']:>7.2f}x {bar['speedup_min']:>6.2f}x {bar['size_ratio']:>6.2f}x "
             f"{f['accuracy']:>6.2f} "
-            f"{c['accuracy']:>6.2f} {bar['accuracy_drop_pt']:>6.2f}  "
+            f"{c['accuracy']:>6.2f} {bar['accuracy_drop_pt']:>6.2f} "
+            f"{bar['vs_float']['fixed']:>5}/{bar['vs_float']['broken']:<6} "
+            f"{bar['vs_float']['p_value']:>5.2f}  "
             f"{'yes' if bar['passed'] else 'NO'}  (targets {bar['targets']})"
         )
     for bar in report["bars"]:

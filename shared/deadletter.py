@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from shared.names import (
     KEY_DEADLETTER,
     KOMBU_UNACKED,
+    KOMBU_UNACKED_INDEX,
     TASK_QUEUES,
     deliveries_key,
     queue_keys,
@@ -26,6 +27,7 @@ from shared.names import (
 )
 
 DEADLETTER_MAX = 10_000
+HOLDER = "worker"  # field of deliveries:{id}: the worker that admitted the last delivery
 REASON_DELIVERIES = "delivered {n} times without finishing (max_deliveries={k})"
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "dead_letter",
     "delivery_counts",
     "entry_for",
+    "in_flight",
     "list_dead_letters",
     "orphaned",
     "requeue",
@@ -71,7 +74,8 @@ def delivery_counts(client: redis.Redis, job_id: str) -> dict[str, int]:
     counts = {"delivered": 0, "executed": 0}
     for key, value in raw.items():
         name = key.decode() if isinstance(key, bytes) else str(key)
-        counts[name] = int(value)
+        if name in counts:
+            counts[name] = int(value)
     return counts
 
 
@@ -145,3 +149,51 @@ def orphaned(client: redis.Redis, job_ids: Iterable[str], queues: Iterable[str])
         if job_id:
             present.add(str(job_id))
     return [j for j in wanted if j not in present]
+
+
+def in_flight(
+    client: redis.Redis,
+    live: Mapping[str, Iterable[str]],
+    *,
+    visibility_timeout_s: float,
+    now: float | None = None,
+) -> list[dict[str, Any]]:
+    """Every delivered, unacknowledged job: who holds it, and whether that worker is alive.
+
+    ``live`` maps each live worker (a heartbeat record) to the job ids it says it holds.
+    The holder is the live worker listing the job, else the worker that admitted it last
+    (``deliveries:{id}``). A job is ``worker_gone`` when that holder has no heartbeat, or when
+    nobody claims it and it went unrenewed for half the timeout (the keeper renews every
+    quarter); ``returns_in_s`` is then when kombu's next sweep after the timeout restores it.
+    """
+    now = time.time() if now is None else now
+    claimed = {job: worker for worker, jobs in live.items() for job in jobs}
+    scores: Any = client.zrange(KOMBU_UNACKED_INDEX, 0, -1, withscores=True)
+    renewed = {tag: float(score) for tag, score in scores}
+    jobs = []
+    for tag, raw in client.hgetall(KOMBU_UNACKED).items():
+        message, _, routing_key = json.loads(raw)
+        headers = (json.loads(message) if isinstance(message, str) else message).get("headers")
+        job_id = str((headers or {}).get("id", ""))
+        since = float(renewed.get(tag, now))
+        holder = claimed.get(job_id) or _text(client.hget(deliveries_key(job_id), HOLDER))
+        stale = now - since > visibility_timeout_s / 2
+        gone = holder not in live if holder else stale
+        jobs.append(
+            {
+                "job_id": job_id,
+                "task": (headers or {}).get("task"),
+                "queue": routing_key,
+                "worker": holder,
+                "state": "worker_gone" if gone else "running",
+                "renewed_s_ago": round(now - since, 1),
+                "returns_in_s": round(max(0.0, since + visibility_timeout_s - now), 1)
+                if gone
+                else None,
+            }
+        )
+    return sorted(jobs, key=lambda j: (j["state"], j["job_id"]))
+
+
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value

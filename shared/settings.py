@@ -16,6 +16,9 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_ARTIFACTS = str(Path.home() / ".cache" / "torchfleet" / "artifacts")
 DEFAULT_DATA_ROOT = str(Path.home() / ".cache" / "torchfleet" / "data")
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+# Short is safe: the visibility keeper renews a live worker's jobs (workers/transport.py), so
+# this is how long a dead worker's jobs wait before another worker takes them.
+DEFAULT_VISIBILITY_TIMEOUT_S = 30
 
 
 class Settings(BaseSettings):
@@ -40,9 +43,10 @@ class Settings(BaseSettings):
     )
     result_ttl_s: int = Field(default=24 * 3600, gt=0, description="Seconds results are kept.")
     visibility_timeout_s: int = Field(
-        default=3600,
+        default=DEFAULT_VISIBILITY_TIMEOUT_S,
         gt=0,
-        description="Seconds before an unacknowledged job is handed to another worker.",
+        description="Seconds after its worker's last sign of life before an unacknowledged "
+        "job is handed to another worker (live workers renew theirs every quarter of it).",
     )
     max_deliveries: int = Field(
         default=3, ge=1, description="Deliveries before a job goes to the dead-letter list."

@@ -25,10 +25,11 @@ from typing import Any
 from redis.client import Pipeline
 
 from shared.errors import ERRORS_BY_CODE, InputError
-from shared.jobs import LATENCY_FIELDS, GroupSummary, LatencyPercentiles
+from shared.jobs import LATENCY_FIELDS, GroupSummary, LatencyPercentiles, ModelRef
 from shared.names import KEY_STATS
 
 __all__ = [
+    "COMPLETED",
     "DEFAULT_GROUP_BY",
     "STAT_FIELDS",
     "Member",
@@ -38,7 +39,9 @@ __all__ = [
     "decode_record",
     "group_stats",
     "infer_fields",
+    "is_error",
     "member_from_meta",
+    "model_of",
     "parse_since",
     "percentile",
     "percentiles",
@@ -46,13 +49,16 @@ __all__ = [
     "summarize_group",
 ]
 
-DEFAULT_GROUP_BY = ("model", "variant", "device", "worker")
+DEFAULT_GROUP_BY = ("kind", "model", "variant", "device", "worker")
 STAT_FIELDS = (*LATENCY_FIELDS, "wall_ms")
 TEXT_FIELDS = frozenset({"kind", "job_id", "outcome", "model", "variant", "device", "worker"})
 SINCE_RE = re.compile(r"^\s*(?P<n>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>ms|s|m|h|d)?\s*$")
 UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 SUCCESS = "success"
 RETRY = "retry"
+# Outcomes of jobs that ran to their end: a pipeline's verdicts are results, not failures.
+COMPLETED = frozenset({SUCCESS, "promoted", "gate_failed"})
+NOT_ERRORS = COMPLETED | {"cancelled"}  # every other outcome (an error code) is a failure
 CODE_OF_ERROR = {cls.__name__: code for code, cls in ERRORS_BY_CODE.items()}
 
 
@@ -72,6 +78,30 @@ def infer_fields(result: dict[str, Any]) -> dict[str, Any]:
     fields.update(result["latency"])
     fields["inputs"] = len(result["predictions"])
     return fields
+
+
+def model_of(payload: Any) -> str | None:
+    """The model name a job payload is about (None when the payload does not say)."""
+    if not isinstance(payload, Mapping):
+        return None
+    train = payload.get("train")
+    if isinstance(train, Mapping) and isinstance(train.get("model_name"), str):
+        return str(train["model_name"])
+    if isinstance(payload.get("model_name"), str):
+        return str(payload["model_name"])
+    for key in ("model", "source"):  # infer, compress and pipeline: a model reference
+        ref = payload.get(key)
+        if isinstance(ref, str):
+            try:
+                return ModelRef.parse(ref).name
+            except ValueError:
+                return None
+    return None
+
+
+def is_error(outcome: Any) -> bool:
+    """A failed job: anything but a completed, cancelled or retried one."""
+    return outcome not in NOT_ERRORS and outcome != RETRY
 
 
 def append_record(entry: dict[str, str], maxlen: int) -> Callable[[Pipeline], object]:
@@ -136,8 +166,10 @@ def group_stats(
 ) -> list[dict[str, Any]]:
     """Count, error rate, throughput and p50/p95/p99 of each latency field, per group.
 
-    Transient ``retry`` records count as retries, not as jobs. Throughput is jobs per second
-    over ``window_s`` (the ``--since`` window) or, without one, over the records' own span.
+    Transient ``retry`` records count as retries, not as jobs; only failures count as errors
+    (a pipeline's ``promoted`` or ``gate_failed``, a ``cancelled`` job are not). Latency is
+    over completed jobs. Throughput is jobs per second over ``window_s`` (the ``--since``
+    window) or, without one, over the records' own span.
     """
     groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = defaultdict(list)
     for record in records:
@@ -151,10 +183,10 @@ def group_stats(
 def summarize(records: Sequence[Mapping[str, Any]], window_s: float | None) -> dict[str, Any]:
     """The figures of one group of stats records (see :func:`group_stats`)."""
     jobs = [r for r in records if r.get("outcome") != RETRY]
-    errors = [r for r in jobs if r.get("outcome") != SUCCESS]
+    errors = [r for r in jobs if is_error(r.get("outcome"))]
     stamps = [float(r["ts"]) for r in records if isinstance(r.get("ts"), float)]
     span = window_s if window_s is not None else (max(stamps) - min(stamps) if stamps else 0.0)
-    succeeded = [r for r in jobs if r.get("outcome") == SUCCESS]
+    succeeded = [r for r in jobs if r.get("outcome") in COMPLETED]
     inputs = sum(float(r.get("inputs", 0) or 0) for r in succeeded)
     values: dict[str, list[float]] = {name: [] for name in STAT_FIELDS}
     for r in succeeded:  # one pass over the records, not one per field
@@ -190,10 +222,13 @@ def choose_bucket_s(span_s: float, buckets: int = 30) -> float:
 def bucket_stats(
     records: Iterable[Mapping[str, Any]], *, bucket_s: float, field: str = "total_worker_ms"
 ) -> list[dict[str, Any]]:
-    """p50/p95/p99 of ``field`` per time bucket of successful jobs: ``[{start, count, p50...}]``."""
+    """p50/p95/p99 of ``field`` per time bucket of completed jobs: ``[{start, count, p50...}]``.
+
+    Only buckets that hold data are listed; a plot must leave a gap where one is missing.
+    """
     buckets: dict[float, list[float]] = defaultdict(list)
     for r in records:
-        if r.get("outcome") == SUCCESS and _is_number(r.get(field)) and _is_number(r.get("ts")):
+        if r.get("outcome") in COMPLETED and _is_number(r.get(field)) and _is_number(r.get("ts")):
             start = math.floor(float(r["ts"]) / bucket_s) * bucket_s
             buckets[start].append(float(r[field]))
     return [

@@ -25,7 +25,7 @@ import redis
 from pydantic import ValidationError
 from redis.client import Pipeline
 
-from shared.deadletter import dead_letter, entry_for
+from shared.deadletter import HOLDER, dead_letter, entry_for
 from shared.errors import DeadLettered, InvalidJob
 from shared.jobs import ModelRef, TensorPayload
 from shared.names import cancel_key, deliveries_key, input_key, model_key
@@ -99,6 +99,7 @@ def admit(
         pipe.get(result_key or "")  # the empty key never exists
         pipe.hincrby(key, "delivered", 1)
         pipe.hincrby(key, "executed", 1)  # the common case; undone below where it did not run
+        pipe.hset(key, HOLDER, worker)  # who took it last: `status` names a dead holder
         pipe.expire(key, ttl)
         own = len(pipe)  # the replies to the caller's reads come after these
         for read in reads.values():

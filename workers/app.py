@@ -28,7 +28,7 @@ from shared.errors import (
     TransientError,
 )
 from shared.jobs import AnyJob, describe_errors, parse_job
-from shared.stats import append_record, infer_fields, stats_entry
+from shared.stats import append_record, infer_fields, model_of, stats_entry
 from workers.admission import Admission, admit, job_reads
 from workers.context import JobContext, ProgressFn
 from workers.control import JobCancelled, check_deadline, end_cancelled
@@ -75,6 +75,7 @@ class FleetTask(Task):
         """Admit, validate and run one job under the fleet's policy; record its outcome."""
         rt = get_runtime()
         job_id, kind = self.request.id, self.kind
+        model = model_of(payload)  # on every record, failures included
         started = time.perf_counter()
         try:
             admission = self.admit(rt, payload)
@@ -86,7 +87,7 @@ class FleetTask(Task):
                 raise JobCancelled(f"job {job_id} was cancelled before it started")
             result = execute(job, rt, self, admission)
         except JobCancelled:
-            self.record(rt, job_id, "cancelled", started)
+            self.record(rt, job_id, "cancelled", started, model=model)
             if kind == "train":  # nothing will resume it: free the checkpoint
                 rt.store.discard_checkpoint(job_id)
             end_cancelled(self)
@@ -94,22 +95,24 @@ class FleetTask(Task):
             self.record(rt, job_id, "stale", started)
             raise Ignore() from None
         except TransientError as e:
-            self.record(rt, job_id, "retry", started, error=e.code)
+            self.record(rt, job_id, "retry", started, model=model, error=e.code)
             self.retry_later(e)
         except InputError as e:
-            self.record(rt, job_id, e.code, started, error=str(e)[:ERROR_CHARS])
+            self.record(rt, job_id, e.code, started, model=model, error=str(e)[:ERROR_CHARS])
             raise
         except TorchfleetError as e:
-            self.record(rt, job_id, "error", started, error=str(e)[:ERROR_CHARS])
+            self.record(rt, job_id, "error", started, model=model, error=str(e)[:ERROR_CHARS])
             raise
         except Exception as e:
             if not self.is_fault(rt, e):
                 raise
-            self.record(rt, job_id, "device_fault", started, error=str(e)[:ERROR_CHARS])
+            self.record(
+                rt, job_id, "device_fault", started, model=model, error=str(e)[:ERROR_CHARS]
+            )
             raise DeviceFault(
                 f"unrecoverable device error, worker {rt.worker} is replaced: {e}"
             ) from e
-        extra = infer_fields(result) if kind == "infer" else {"model": result.get("model")}
+        extra = infer_fields(result) if kind == "infer" else {"model": model}
         self.record(rt, job_id, "success", started, **extra)
         return result
 

@@ -20,6 +20,7 @@ import redis
 
 from shared.names import worker_key
 from workers.runtime import Runtime
+from workers.transport import held_job_ids
 
 log = logging.getLogger("torchfleet.worker")
 
@@ -40,6 +41,7 @@ def worker_record(rt: Runtime, queues: list[str], started_at: float) -> dict[str
         "cached": rt.cache.digests(),
         "cache_bytes": rt.cache.used_bytes(),
         "jobs": dict(rt.counters),
+        "holding": held_job_ids(),
         "started_at": started_at,
         "last_seen": time.time(),
     }

@@ -42,15 +42,27 @@ def renew_visibility(client: redis.Redis, tags: Iterable[str], now: float | None
     return len(mapping)
 
 
-def held_delivery_tags() -> list[str]:
-    """Delivery tags of the requests this worker holds (prefetched and running)."""
+def held_requests() -> list[Any]:
+    """The requests this worker holds: prefetched, running, and waiting for a retry's
+    countdown (those stay unacknowledged too, and a backoff can outlast the timeout)."""
+    scheduled = getattr(state, "scheduled_requests", ())
     for _ in range(3):  # the sets are weak and shared with the pool's threads
         try:
-            held = [*state.reserved_requests, *state.active_requests]
+            return [*state.reserved_requests, *state.active_requests, *scheduled]
         except RuntimeError:
             continue
-        return sorted({str(r.message.delivery_tag) for r in held if r.message is not None})
     return []
+
+
+def held_delivery_tags() -> list[str]:
+    """Delivery tags of the requests this worker holds (prefetched, running, scheduled)."""
+    held = held_requests()
+    return sorted({str(r.message.delivery_tag) for r in held if r.message is not None})
+
+
+def held_job_ids() -> list[str]:
+    """Ids of the jobs this worker holds, for its heartbeat (`torchfleet status`)."""
+    return sorted({str(r.id) for r in held_requests()})
 
 
 def keep_visible(client: redis.Redis, interval_s: float, stop: threading.Event) -> None:
@@ -65,9 +77,14 @@ def keep_visible(client: redis.Redis, interval_s: float, stop: threading.Event) 
 _keeper_stop = threading.Event()
 
 
+def keeper_interval_s(visibility_timeout_s: float) -> float:
+    """How often the keeper renews: four times per visibility timeout."""
+    return max(MIN_KEEPER_INTERVAL_S, visibility_timeout_s / 4)
+
+
 def start_keeper(client: redis.Redis, visibility_timeout_s: float) -> None:
     """Worker start-up: renew held deliveries four times per visibility timeout."""
-    interval = max(MIN_KEEPER_INTERVAL_S, visibility_timeout_s / 4)
+    interval = keeper_interval_s(visibility_timeout_s)
     _keeper_stop.clear()
     threading.Thread(
         target=keep_visible,

@@ -54,7 +54,13 @@ def submit(
     ],
     model_name: Annotated[str | None, typer.Option(help="train: name to register.")] = None,
     arch: Annotated[str, typer.Option(help="train: architecture.")] = "cifar_cnn",
-    dataset: Annotated[str, typer.Option(help="train/compress: dataset name.")] = "digits",
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="train: dataset name (digits if unset); compress: eval data (the source's "
+            "training data if unset)."
+        ),
+    ] = None,
     epochs: Annotated[int, typer.Option(help="train: epochs.")] = 5,
     batch_size: Annotated[int, typer.Option(help="train: batch size.")] = 64,
     lr: Annotated[float, typer.Option(help="train: learning rate.")] = 0.01,
@@ -75,14 +81,16 @@ def submit(
         if what == "train":
             spec: dict[str, Any] = {
                 "kind": "train", "model_name": _required(model_name, "--model-name"),
-                "arch": arch, "dataset": {"name": dataset}, "epochs": epochs,
+                "arch": arch, "dataset": {"name": dataset or "digits"}, "epochs": epochs,
                 "batch_size": batch_size, "optimizer": {"lr": lr},
             }  # fmt: skip
         elif what == "compress":
             spec = {
                 "kind": "compress", "source": _required(source, "--source"),
-                "steps": [{"method": method}], "eval_dataset": {"name": dataset},
+                "steps": [{"method": method}],
             }  # fmt: skip
+            if dataset is not None:
+                spec["eval_dataset"] = {"name": dataset}
         elif what == "infer":
             spec = _infer_spec(_required(model, "--model"), input or [], top_k)
         else:

@@ -74,4 +74,28 @@ def render(report: dict[str, Any]) -> None:
             lanes = " ".join(f"{s}:{n}" for s, n in q["lanes"].items())
             queues.add_row(name, str(q["depth"]), lanes)
     console.print(queues)
+    render_in_flight(report)
     console.print(f"dead letters: {report['deadletter']}")
+
+
+def render_in_flight(report: dict[str, Any]) -> None:
+    """Delivered, unacknowledged jobs: the worker on each, and when a dead one's come back."""
+    jobs = report.get("in_flight", [])
+    if not jobs:
+        console.print("no jobs in flight")
+        return
+    sweep = report.get("restore_interval_s") or 0
+    table = Table("job", "task", "queue", "worker", "state", title="jobs in flight")
+    for job in jobs:
+        if job["state"] == "worker_gone":
+            state = (
+                f"worker gone: back in ~{job['returns_in_s']:.0f}s (+ <= {sweep:.0f}s sweep)"
+                if job["returns_in_s"]
+                else f"worker gone: due back (next sweep, <= {sweep:.0f}s)"
+            )
+        else:
+            state = f"running (renewed {job['renewed_s_ago']:.0f}s ago)"
+        table.add_row(
+            job["job_id"], str(job["task"]), str(job["queue"]), job["worker"] or "-", state
+        )
+    console.print(table)

@@ -12,6 +12,9 @@ from shared.jobs.refs import (
     SCHEMA_VERSION,
     Strict,
 )
+from shared.jobs.specs import DatasetSpec
+
+EvalOrigin = Literal["job", "lineage"]
 
 
 # ---------------------------------------------------------------- results
@@ -144,6 +147,29 @@ class CompressResult(Strict):
     seconds: float
     worker: str
     device: str
+    eval_dataset: DatasetSpec | None = Field(
+        default=None, description="The data every figure was measured on."
+    )
+    eval_origin: EvalOrigin | None = Field(
+        default=None,
+        description="job: the job's eval_dataset; lineage: the source's training data.",
+    )
+
+    def eval_description(self) -> str:
+        """Which data the figures come from, in words."""
+        if self.eval_dataset is None:
+            return "evaluation data not reported"
+        spec = self.eval_dataset
+        where = f" at {spec.path}" if spec.path else ""
+        origin = {
+            "job": "the job's eval_dataset",
+            "lineage": "the source's training data, from its lineage",
+        }.get(self.eval_origin or "", "origin unknown")
+        return (
+            f"measured on {spec.name}{where} ({spec.channels}x{spec.image_size}x"
+            f"{spec.image_size}, validation split {spec.val_fraction:g}, seed {spec.split_seed}): "
+            f"{origin}"
+        )
 
     def table(self) -> tuple[list[str], list[list[str]]]:
         """The one comparison table (header, rows): the source first, then each variant."""
@@ -163,7 +189,7 @@ TABLE_COLUMNS = (
     "d acc pt",
     "b1 p50/p95 ms",
     "b32 p50/p95 ms",
-    "speed-up b32",
+    "speed-up b1/b32",
     "backend",
     "status",
 )
@@ -186,7 +212,7 @@ def _table_row(r: VariantReport, *, source: bool) -> list[str]:
         "" if source else f"{r.accuracy_delta:+.2f}",
         f"{r.latency_b1_p50_ms:.3f}/{r.latency_b1_p95_ms:.3f}",
         f"{r.latency_b32_p50_ms:.3f}/{r.latency_b32_p95_ms:.3f}",
-        "1.00x" if source else f"{r.speedup:.2f}x",
+        "1.00x/1.00x" if source else f"{r.speedup_b1:.2f}x/{r.speedup:.2f}x",
         f"{r.backend} ({r.device})",
         status,
     ]

@@ -132,14 +132,62 @@ class TrainJob(Strict):
     deadline: float | None = Field(default=None, description="Unix time after which to drop.")
 
 
+SpeedupBatch = Literal[1, 32]  # the batch sizes a compress job times (p50 at each)
+DEFAULT_SPEEDUP_BATCH: SpeedupBatch = 32
+
+
+class SpeedupGate(Strict):
+    """At least ``ratio`` times faster than the source (p50) at batch size ``batch``."""
+
+    batch: SpeedupBatch = DEFAULT_SPEEDUP_BATCH
+    ratio: float = Field(gt=0, le=1000)
+
+
 class GateSpec(Strict):
-    """A variant passes when it loses at most ``max_accuracy_drop`` points and is at least
-    ``min_speedup`` times faster (batch-32 p50) than the source; unset gates always pass."""
+    """A variant passes when it loses at most ``max_accuracy_drop`` points and is at least as
+    fast as each ``min_speedup`` asks; unset gates always pass.
+
+    ``min_speedup`` is one gate or a list (``{"batch": 1, "ratio": 1.2}``); a bare number is
+    the ratio at batch 32. Single requests run at batch 1 unless the worker batches them, so
+    set a batch-1 gate for a model that serves one request at a time.
+    """
 
     max_accuracy_drop: float | None = Field(
         default=None, ge=0, le=100, description="Percentage points."
     )
-    min_speedup: float | None = Field(default=None, gt=0, le=1000)
+    min_speedup: float | SpeedupGate | list[SpeedupGate] | None = Field(
+        default=None,
+        description="A ratio at batch 32, a {batch, ratio} gate, or a list of them.",
+    )
+
+    @field_validator("min_speedup", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("min_speedup is a ratio, a {batch, ratio} gate or a list of gates")
+        return value
+
+    @field_validator("min_speedup")
+    @classmethod
+    def _speedup_forms(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not 0 < value <= 1000:
+            raise ValueError("a min_speedup ratio is above 0 and at most 1000")
+        if isinstance(value, list):
+            batches = [g.batch for g in value]
+            if len(batches) != len(set(batches)):
+                raise ValueError("min_speedup names the same batch size more than once")
+        return value
+
+    def speedup_gates(self) -> list[SpeedupGate]:
+        """Every speed-up gate, a bare ratio read as the batch-32 one."""
+        value = self.min_speedup
+        if value is None:
+            return []
+        if isinstance(value, SpeedupGate):
+            return [value]
+        if isinstance(value, list):
+            return list(value)
+        return [SpeedupGate(batch=DEFAULT_SPEEDUP_BATCH, ratio=float(value))]
 
 
 class CompressJob(Strict):
@@ -149,7 +197,11 @@ class CompressJob(Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     source: RefString
     steps: list[CompressStep] = Field(min_length=1, max_length=16)
-    eval_dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    eval_dataset: DatasetSpec | None = Field(
+        default=None,
+        description="Data to measure, calibrate and fine-tune on; the source's training data "
+        "(its manifest lineage) when omitted.",
+    )
     gates: GateSpec = Field(default_factory=GateSpec)
     promote: AliasName | None = None
     force_promote: bool = Field(default=False, description="Promote even if worse than now.")
@@ -250,7 +302,9 @@ class PipelineJob(Strict):
     source: RefString | None = Field(default=None, description="Or start from this model.")
     steps: list[CompressStep] = Field(min_length=1, max_length=16)
     eval_dataset: DatasetSpec | None = Field(
-        default=None, description="Compression eval set; the training set's spec if omitted."
+        default=None,
+        description="Compression eval set; the training set's spec (of the train stage, or "
+        "of the source's lineage) if omitted.",
     )
     gates: GateSpec = Field(default_factory=GateSpec)
     promote: AliasName = "production"
@@ -284,10 +338,11 @@ class PipelineJob(Strict):
             return self.train.model_name
         return ModelRef.parse(self.source or "").name
 
-    def compress_dataset(self) -> DatasetSpec:
+    def compress_dataset(self) -> DatasetSpec | None:
+        """The compress stage's data; None: the source's training data, from its lineage."""
         if self.eval_dataset is not None:
             return self.eval_dataset
-        return self.train.dataset if self.train is not None else DatasetSpec()
+        return self.train.dataset if self.train is not None else None
 
 
 AnyJob = TrainJob | CompressJob | InferJob | PipelineJob

@@ -94,10 +94,13 @@ def test_stats_group_jobs_by_model_and_worker_with_percentiles(
     recorded(client, [bad])  # records land a moment after the answers: the last one is in
 
     groups = client.stats(model=cnn.name, since_s=600)
-    (group,) = groups
+    # The failed job carries its kind and model too (no variant: it never resolved one).
+    failed, group = sorted(groups, key=lambda g: g["variant"] != "-")
+    assert (failed["kind"], failed["model"], failed["variant"]) == ("infer", cnn.name, "-")
+    assert failed["count"] == 1 and failed["error_rate"] == 1.0
     assert (group["model"], group["variant"], group["device"]) == (cnn.name, "base", "cpu")
-    assert group["worker"] == worker.name
-    assert group["count"] == 5  # the failed job never resolved a model: it has no model field
+    assert group["kind"] == "infer" and group["worker"] == worker.name
+    assert group["count"] == 5
     assert group["error_rate"] == 0.0 and group["throughput_per_s"] > 0
     latency = group["latency_ms"]
     assert {"total_worker_ms", "compute_ms", "queued_ms", "wall_ms"} <= latency.keys()
@@ -106,7 +109,7 @@ def test_stats_group_jobs_by_model_and_worker_with_percentiles(
     out = cli(fleet_env, "stats", "--model", cnn.name, "--since", "10m", "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report["records"] == 5 and report["groups"][0]["count"] == 5
+    assert report["records"] == 6 and sorted(g["count"] for g in report["groups"]) == [1, 5]
 
     everything = client.stats(since_s=600)
     failures = [g for g in everything if g["outcomes"].get("bad_tensor")]

@@ -233,6 +233,7 @@ def test_fleet_environment_parses_into_settings(
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert settings.redis_url == "redis://redis:6379/0" and settings.has_password()
     assert settings.artifacts == "/data/artifacts"
+    assert settings.visibility_timeout_s == 30  # a killed worker's jobs wait seconds, not an hour
     if name in WORKERS:
         assert settings.preload == []
 

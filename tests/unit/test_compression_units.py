@@ -172,7 +172,7 @@ def test_result_table_lists_the_source_then_each_variant() -> None:
     assert header == list(TABLE_COLUMNS) and len(rows) == 3
     assert [r[0] for r in rows] == ["base", "int8", "tiny"]
     assert [r[-1] for r in rows] == ["source", "registered", "failed gates"]
-    assert rows[1][header.index("speed-up b32")] == "2.50x"
+    assert rows[1][header.index("speed-up b1/b32")] == "1.00x/2.50x"
     assert rows[1][header.index("d acc pt")] == "-0.30"
 
 

@@ -72,13 +72,45 @@ def candidate(state: ModelState, device: torch.device) -> Candidate:
 
 def accuracy(model: Candidate, data: Dataset[Sample], batch_size: int = 256) -> float:
     """Top-1 accuracy in percent."""
-    correct = total = 0
+    predicted, labels = predictions(model, data, batch_size)
+    return 100.0 * int((predicted == labels).sum()) / max(len(labels), 1)
+
+
+def predictions(
+    model: Candidate, data: Dataset[Sample], batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-1 class of every sample of ``data`` in order, and the true labels."""
+    predicted, labels = [], []
     with torch.inference_mode():
-        for images, labels in loader(data, batch_size, shuffle=False):
-            logits = model.runner(images.to(model.device)).cpu()
-            correct += int((logits.argmax(dim=-1) == labels).sum())
-            total += len(labels)
-    return 100.0 * correct / max(total, 1)
+        for images, targets in loader(data, batch_size, shuffle=False):
+            predicted.append(model.runner(images.to(model.device)).cpu().argmax(dim=-1))
+            labels.append(targets)
+    if not labels:
+        return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    return torch.cat(predicted), torch.cat(labels)
+
+
+@dataclass(frozen=True)
+class Flips:
+    """How a compressed model's answers differ from its source's on the same samples."""
+
+    fixed: int  # the source was wrong, the compressed model right
+    broken: int  # the source was right, the compressed model wrong
+    total: int
+
+    @property
+    def net(self) -> int:
+        return self.fixed - self.broken
+
+
+def flips(source: torch.Tensor, other: torch.Tensor, labels: torch.Tensor) -> Flips:
+    """Paired comparison of two models' predictions on the same labelled samples."""
+    source_right, other_right = source == labels, other == labels
+    return Flips(
+        fixed=int((~source_right & other_right).sum()),
+        broken=int((source_right & ~other_right).sum()),
+        total=len(labels),
+    )
 
 
 def batch_of(data: Dataset[Sample], size: int) -> torch.Tensor:

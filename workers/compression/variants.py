@@ -45,9 +45,27 @@ def gate(report: VariantReport, job: CompressJob) -> list[str]:
     drop = -report.accuracy_delta
     if job.gates.max_accuracy_drop is not None and drop > job.gates.max_accuracy_drop:
         reasons.append(f"accuracy drop {drop:.2f} pt > {job.gates.max_accuracy_drop} pt")
-    if job.gates.min_speedup is not None and report.speedup < job.gates.min_speedup:
-        reasons.append(f"speed-up {report.speedup:.2f}x < {job.gates.min_speedup}x")
+    for g in job.gates.speedup_gates():
+        measured = speedup_at(report, g.batch)
+        if measured < g.ratio:
+            reasons.append(f"speed-up at batch {g.batch} {measured:.2f}x < {g.ratio}x")
     return reasons
+
+
+def speedup_at(report: VariantReport, batch: int) -> float:
+    """The variant's p50 speed-up over the source at batch size 1 or 32."""
+    return report.speedup_b1 if batch == 1 else report.speedup
+
+
+def flags(report: VariantReport) -> list[str]:
+    """Warnings a passing variant still deserves: slower than the source at batch 1."""
+    if report.speedup_b1 < 1:
+        return [
+            f"slower than the source at batch 1 ({report.speedup_b1:.2f}x): single requests "
+            "get slower unless the worker batches them; gate with "
+            "min_speedup {batch: 1, ratio: ...} to refuse it"
+        ]
+    return []
 
 
 def best(reports: list[VariantReport]) -> VariantReport | None:

@@ -31,6 +31,7 @@ from shared.jobs import CompressJob, CompressResult, CompressStep, VariantReport
 from shared.manifest import Manifest
 from shared.registry import Resolved, VariantRecord
 from workers.compression import METHODS
+from workers.compression.eval_data import eval_dataset
 from workers.compression.evaluation import (
     Candidate,
     Percentiles,
@@ -44,7 +45,7 @@ from workers.compression.evaluation import (
 from workers.compression.incumbent import INCUMBENT, Incumbent, load_incumbent, named, promote
 from workers.compression.pruning import sparsity
 from workers.compression.steps import ModelState, Sample, StepEnv, is_quantized
-from workers.compression.variants import gate, planned_variants
+from workers.compression.variants import flags, gate, planned_variants
 from workers.context import JobContext
 from workers.modelio import Tensors, build_module
 from workers.zoo.confine import DataLimits
@@ -70,7 +71,8 @@ def execute(job: CompressJob, ctx: JobContext) -> CompressResult:
     """Run a compress job end to end; see the module docstring for the variant rule."""
     started = time.perf_counter()
     source, state = load_source(job, ctx)
-    bundle = load_dataset(job.eval_dataset, DataLimits.from_settings(ctx.settings))
+    spec, origin = eval_dataset(job.eval_dataset, state.manifest, source.ref)
+    bundle = load_dataset(spec, DataLimits.from_settings(ctx.settings))
     check_data(bundle, state.manifest, source)
     planned = planned_variants(job.steps, source.variant)
     check_names(planned, source, ctx)
@@ -107,6 +109,8 @@ def execute(job: CompressJob, ctx: JobContext) -> CompressResult:
         seconds=time.perf_counter() - started,
         worker=ctx.worker,
         device=str(ctx.device),
+        eval_dataset=spec,
+        eval_origin=origin,
     )
 
 
@@ -279,6 +283,7 @@ def compare(report: VariantReport, base: VariantReport, job: CompressJob) -> Var
     reasons = gate(report, job)
     report.passed = not reasons
     report.notes.extend(f"gate failed: {r}" for r in reasons)
+    report.notes.extend(flags(report))
     return report
 
 
