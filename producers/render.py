@@ -20,15 +20,21 @@ LATENCY_ORDER = (
 
 
 def print_table(
-    console: Console, header: list[str], rows: list[list[str]], *, title: str | None = None
+    console: Console,
+    header: list[str],
+    rows: list[list[str]],
+    *,
+    title: str | None = None,
+    keys: int = 1,
 ) -> None:
     """A table that fits the console: when all columns do not, several tables, each
-    repeating the first column, instead of cells cut down to ellipses."""
-    chunks: list[list[int]] = [[0]]
-    for column in range(1, len(header)):
+    repeating the first ``keys`` columns, instead of cells cut down to ellipses."""
+    chunks: list[list[int]] = [list(range(keys))]
+    for column in range(keys, len(header)):
         trial = _table(header, rows, [*chunks[-1], column], title)
-        if len(chunks[-1]) > 1 and console.measure(trial).maximum > console.width:
-            chunks.append([0])
+        unwrapped = console.measure(trial, options=console.options.update_width(10_000))
+        if len(chunks[-1]) > keys and unwrapped.maximum > console.width:
+            chunks.append(list(range(keys)))
         chunks[-1].append(column)
     for i, columns in enumerate(chunks):
         console.print(_table(header, rows, columns, title if i == 0 else None))
@@ -191,7 +197,7 @@ def render_model(console: Console, info: dict[str, Any]) -> None:
         for version, variants in sorted(info["versions"].items(), key=lambda kv: int(kv[0]))
         for variant, record in variants.items()
     ]
-    print_table(console, header, rows, title=f"model {info['name']}")
+    print_table(console, header, rows, title=f"model {info['name']}", keys=2)
 
 
 def _metrics_text(metrics: dict[str, Any]) -> str:
