@@ -108,14 +108,14 @@ def submit(
                 else:
                     console.print(group_id)
                 return
+            if spec.get("kind") == "infer":  # refused here, not after a worker round trip
+                client.registry.resolve(str(spec.get("model")))
             if hasattr(spec.get("inputs"), "tobytes"):  # an array: the client picks its transport
                 options = {k: v for k, v in spec.items() if k not in ("kind", "model", "inputs")}
                 submitted = client.submit_infer(
                     spec["model"], spec["inputs"], job_id=job_id, **options
                 )
             else:
-                if spec.get("kind") == "infer":  # refused here, not after a worker round trip
-                    client.registry.resolve(str(spec.get("model")))
                 submitted = client.submit(spec, job_id=job_id)
             warn_unserved(client, spec)
             emit_submitted(submitted, as_json, waiting=wait)

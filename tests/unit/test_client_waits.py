@@ -15,11 +15,33 @@ import pytest
 import redis
 
 from producers import Client, NoWorker, UnknownJob, encode_images
+from shared.embedded import EmbeddedRedis
 from shared.errors import JobTimeout, ModelNotFound
 from shared.names import worker_key
 from shared.registry import ModelRegistry, VariantRecord
 from shared.settings import Settings
 from tests.unit.test_user_traps import PNG_1PX
+
+ISOLATED_DB = 7  # the integration tests' worker (same redis-server) heartbeats in db 0
+
+
+@pytest.fixture
+def settings(redis_server: EmbeddedRedis, tmp_path: Path) -> Settings:
+    url = f"{redis_server.url.rsplit('/', 1)[0]}/{ISOLATED_DB}"
+    return Settings(redis_url=url, artifacts=str(tmp_path / "artifacts"))
+
+
+@pytest.fixture
+def redis_client(settings: Settings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def registry(redis_client: redis.Redis) -> ModelRegistry:
+    return ModelRegistry(redis_client)
 
 
 @pytest.fixture
@@ -108,7 +130,9 @@ def test_a_compress_job_of_an_unknown_model_is_refused_at_submit(
         client.submit_compress(source="digits:7", steps=[{"method": "quantize_dynamic"}])
 
 
-def test_a_timed_out_wait_leaves_no_traceback_at_exit(settings: Settings) -> None:
+def test_a_timed_out_wait_leaves_no_traceback_at_exit(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
     script = (
         "import sys\n"
         "from producers import Client\n"
