@@ -137,3 +137,19 @@ def test_models_list_and_schema(fleet_env: dict[str, str], trained: dict) -> Non
     assert trained["model"] in {m["name"] for m in listed}
     schema = json.loads(torchfleet(fleet_env, "schema").stdout)
     assert "TrainJob" in schema["$defs"]
+
+
+def test_several_images_are_answered_by_file_name(
+    fleet_env: dict[str, str], trained: dict, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    paths = []
+    for name, shade in (("seven.png", 40), ("three.png", 200)):
+        paths.append(str(tmp_path / name))
+        Image.new("RGB", (32, 32), (shade, shade, shade)).save(paths[-1])
+    ref = f"{trained['model']}:{trained['version']}"
+    done = torchfleet(fleet_env, "submit", "infer", "--model", ref, "--input", *paths, "--wait")
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if ".png" in line]
+    assert [r.split()[1] for r in rows] == ["seven.png", "three.png"]

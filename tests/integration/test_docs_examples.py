@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-MARKER = re.compile(r"<!--\s*docs-test:\s*(skip|file)\s*:?\s*(.*?)\s*-->")
+MARKER = re.compile(r"^<!--\s*docs-test:\s*(skip|file)\s*:?\s*(.*?)\s*-->\s*$")  # a whole line
 FENCE = re.compile(r"^```(\w*)\s*$")
 COMMAND = re.compile(r"^(\$ )?(torchfleet|python)\b")
 EXPECTED_EXIT = re.compile(r"#\s*exit (\d+)")
