@@ -14,33 +14,28 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
 import redis
 from celery import Celery
-from celery.exceptions import TimeoutError as CeleryTimeoutError
 from pydantic import ValidationError
 
+from producers import waiting
 from producers.grouping import aggregate_ids, send_group
 from producers.lane import LaneClient
-from producers.ops import fleet_status, stats_records
+from producers.ops import KIND_QUEUES, fleet_status, stats_records, unserved_queues
 from producers.specs import job_payload, validate_group, validate_job
-from producers.state import (
-    FINISHED,
-    JobState,
-    ProgressFn,
-    UnknownJob,
-    read_metas,
-    state_from_meta,
-)
+from producers.state import FINISHED, JobState, ProgressFn, UnknownJob, read_metas, state_from_meta
+from producers.waiting import NoWorker, WorkerWatch
 from shared.celery_app import create_app
 from shared.connection import redis_client
-from shared.errors import InvalidJob, JobFailed, JobTimeout
+from shared.errors import InvalidJob, JobFailed
 from shared.jobrecord import claim_job_id
 from shared.jobs import (
     AnyJob,
+    CompressJob,
     GroupSummary,
     InferJob,
     JobGroup,
@@ -65,7 +60,7 @@ from shared.names import (
 from shared.registry import ModelRegistry
 from shared.settings import Settings, get_settings
 
-__all__ = ["FINISHED", "Client", "JobState", "UnknownJob", "read_metas"]
+__all__ = ["FINISHED", "Client", "JobState", "NoWorker", "UnknownJob", "read_metas"]
 
 TASK_FOR_KIND = {
     "train": TASK_TRAIN,
@@ -73,8 +68,6 @@ TASK_FOR_KIND = {
     "infer": TASK_INFER,
     "pipeline": TASK_PIPELINE,
 }
-POLL_START_S = 0.002
-POLL_MAX_S = 0.25
 
 
 class Client:
@@ -104,8 +97,9 @@ class Client:
         record before its message is sent, and kept as long as results are.
         """
         model = job if isinstance(job, AnyJob) else validate_job(job)
-        if isinstance(model, PipelineJob) and model.source is not None:
-            self.registry.resolve(model.source)  # a missing source model fails here, not later
+        source = model.source if isinstance(model, PipelineJob | CompressJob) else None
+        if source is not None:
+            self.registry.resolve(source)  # a missing source model fails here, not later
         job_id, payload = job_id or uuid.uuid4().hex, job_payload(model)
         claim_job_id(self.redis, job_id, payload, self.settings.result_ttl_s, stored)
         self._remember(job_id, kind=model.kind, stored=stored)  # before any worker can see it
@@ -165,7 +159,7 @@ class Client:
         ids = [f"{group_id}-{i}" for i in range(len(group.jobs))]
         record = {"job_ids": ids, "created_at": time.time()}
         self.redis.set(group_key(group_id), json.dumps(record), ex=self.settings.result_ttl_s)
-        self._remember(*ids)
+        self._remember(*ids, *(aggregate_ids(group_id) if aggregate else ()))
         self._remember(group_id, kind="group")
         signatures = [
             self.app.signature(
@@ -221,14 +215,17 @@ class Client:
     def submit_infer(
         self, model: str, inputs: Any, *, job_id: str | None = None, **options: Any
     ) -> str:
-        """``inputs``: a numpy array or nested lists of numbers, a TensorPayload, or a list of
-        ImagePayload. An array larger than ``inline_input_bytes`` travels as raw bytes stored
-        beside the message rather than as base64 inside it."""
-        from producers.encoding import tensor_bytes, tensor_payload
+        """``inputs``: a numpy array or nested lists of numbers, image files (paths) or their
+        bytes (PNG/JPEG, one or a list), a TensorPayload, or a list of ImagePayload. An array
+        larger than ``inline_input_bytes`` travels as raw bytes stored beside the message
+        rather than as base64 inside it."""
+        from producers.encoding import encode_images, is_image_list, tensor_bytes, tensor_payload
         from shared.jobs import ImagePayload, TensorPayload
 
         job_id = job_id or uuid.uuid4().hex
         stored: dict[str, bytes] = {}
+        if is_image_list(inputs):
+            inputs = encode_images(list(inputs) if isinstance(inputs, list | tuple) else [inputs])
         is_payload = isinstance(inputs, TensorPayload) or (
             isinstance(inputs, list) and bool(inputs) and isinstance(inputs[0], ImagePayload)
         )
@@ -246,8 +243,19 @@ class Client:
 
     # ------------------------------------------------------------- read
     def state(self, job_id: str) -> JobState:
-        """The job's current state from the result backend (PENDING if unknown or queued)."""
-        return state_from_meta(job_id, self.app.backend.get_task_meta(job_id))
+        """The job's current state from the result backend; :class:`UnknownJob` for an id
+        that was never submitted (or whose record expired), PENDING for a queued one."""
+        state = state_from_meta(job_id, self.app.backend.get_task_meta(job_id))
+        if state.status == "PENDING" and self._kind(job_id) is None:
+            raise UnknownJob(f"no job {job_id!r} was submitted (or its record expired)")
+        return state
+
+    def _kind(self, job_id: str) -> str | None:
+        return waiting.record_kind(self.redis, job_id)
+
+    def _watch(self, kind: str | None) -> WorkerWatch:
+        queue = KIND_QUEUES.get(kind or "")
+        return WorkerWatch(self.redis, queue, self.settings.no_worker_grace_s)
 
     def wait(
         self,
@@ -256,7 +264,11 @@ class Client:
         timeout: float | None = None,
         on_progress: ProgressFn | None = None,
     ) -> dict[str, Any]:
-        """Block until the job finishes; its result, or :class:`JobFailed` / :class:`JobTimeout`."""
+        """Block until the job finishes; its result, or :class:`JobFailed` / :class:`JobTimeout`
+        (:class:`NoWorker` when no live worker consumes its queue) / :class:`UnknownJob`.
+
+        ``timeout`` defaults to ``TORCHFLEET_WAIT_TIMEOUT_S``.
+        """
         state = self.wait_state(job_id, timeout=timeout, on_progress=on_progress)
         if state.status != "SUCCESS" or state.result is None:
             raise JobFailed(job_id, state.error_code or "failed", state.error or state.status)
@@ -265,35 +277,35 @@ class Client:
     def wait_state(
         self, job_id: str, *, timeout: float | None = None, on_progress: ProgressFn | None = None
     ) -> JobState:
-        """Poll the result backend with a short, growing interval until the job finishes."""
+        """The job's final state: pub/sub, or polling when ``on_progress`` wants each update."""
+        limit = self.settings.wait_timeout_s if timeout is None else timeout
+        kind = self._kind(job_id)
+        if kind is None and (state := self.state(job_id)).finished:  # UnknownJob if unknown
+            return state
+        watch = self._watch(kind)
         if on_progress is None:
-            return self._wait_pubsub(job_id, timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        interval = POLL_START_S
-        last: dict[str, Any] | None = None
-        while True:
-            state = self.state(job_id)
-            if state.finished:
-                return state
-            if on_progress is not None and state.progress != last:
-                on_progress(state)
-                last = state.progress
-            if deadline is not None and time.monotonic() > deadline:
-                raise JobTimeout(f"job {job_id} did not finish within {timeout} s ({state.status})")
-            time.sleep(interval)  # polling interval of a producer reading the result backend
-            interval = min(POLL_MAX_S, interval * 1.5)
+            return waiting.wait_pubsub(self.app, job_id, limit, watch, lambda: self.state(job_id))
+        return waiting.wait_polling(job_id, limit, watch, lambda: self.state(job_id), on_progress)
 
-    def _wait_pubsub(self, job_id: str, timeout: float | None) -> JobState:
-        """Wait on the result backend's pub/sub notification instead of polling."""
-        handle = self.app.AsyncResult(job_id)
-        try:
-            handle.get(timeout=timeout, propagate=False)
-        except CeleryTimeoutError:
-            state = self.state(job_id)
-            raise JobTimeout(
-                f"job {job_id} did not finish within {timeout} s ({state.status})"
-            ) from None
-        return state_from_meta(job_id, {"status": handle.state, "result": handle.result})
+    def as_completed(
+        self, job_ids: Sequence[str], *, timeout: float | None = None
+    ) -> Iterator[JobState]:
+        """Each job's final state as it finishes (finished or failed alike), fastest first."""
+        kinds = waiting.record_kinds(self.redis, self.app, job_ids)
+        watches = {kind: self._watch(kind) for kind in set(kinds.values())}
+        limit = self.settings.wait_timeout_s if timeout is None else timeout
+        by_id = {job_id: watches[kind] for job_id, kind in kinds.items()}
+        return waiting.as_completed(self.app, list(job_ids), limit, by_id)
+
+    def wait_many(self, job_ids: Sequence[str], *, timeout: float | None = None) -> list[JobState]:
+        """The final states of many jobs, in the order given; one deadline for all."""
+        states = {s.job_id: s for s in self.as_completed(job_ids, timeout=timeout)}
+        return [states[job_id] for job_id in job_ids]
+
+    def unserved_queues(self, job: AnyJob | Mapping[str, Any]) -> list[str]:
+        """The queues ``job`` needs that no live worker consumes (from the heartbeats)."""
+        spec = job.model_dump() if isinstance(job, AnyJob) else dict(job)
+        return unserved_queues(self.redis, spec)
 
     def cancel(self, job_id: str) -> JobState:
         """Cancel a queued or running job; its state before the cancel.
@@ -302,7 +314,7 @@ class Client:
         after its current epoch. Unknown ids raise :class:`UnknownJob`; a finished job is
         left as it is.
         """
-        if not self.redis.exists(job_key(job_id)):
+        if self._kind(job_id) is None:
             raise UnknownJob(f"no job {job_id!r} was submitted (or its record expired)")
         state = self.state(job_id)
         if state.finished:

@@ -11,6 +11,7 @@ import array
 from pathlib import Path
 from typing import Any
 
+from shared.errors import InvalidJob
 from shared.jobs import ImagePayload, TensorPayload
 
 try:
@@ -57,16 +58,38 @@ def tensor_bytes(values: Any, *, dtype: str | None = None) -> tuple[bytes, str, 
     return array.array(ARRAY_CODES[name], _flatten(values)).tobytes(), name, shape
 
 
-def encode_images(paths: list[str | Path]) -> list[ImagePayload]:
-    """PNG or JPEG files, sent as they are; the worker decodes and preprocesses."""
-    payloads = []
-    for path in paths:
-        data = Path(path).read_bytes()
-        if data[:8] == b"\x89PNG\r\n\x1a\n":
-            payloads.append(ImagePayload(format="png", data=_b64(data)))
-        else:
-            payloads.append(ImagePayload(format="jpeg", data=_b64(data)))
-    return payloads
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+ImageSource = str | Path | bytes | bytearray
+
+
+def encode_images(images: list[ImageSource]) -> list[ImagePayload]:
+    """PNG or JPEG files (paths) or their bytes, sent as they are; the worker decodes and
+    preprocesses. Anything else is refused here with :class:`InvalidJob`."""
+    return [encode_image(image) for image in images]
+
+
+def encode_image(image: ImageSource) -> ImagePayload:
+    """One PNG or JPEG file (a path) or its bytes as a payload."""
+    if isinstance(image, bytes | bytearray):
+        data, name = bytes(image), f"{len(image)} bytes"
+    else:
+        try:
+            data, name = Path(image).read_bytes(), str(image)
+        except OSError as e:
+            raise InvalidJob(f"cannot read image {image}: {e.strerror or e}") from None
+    if data.startswith(PNG_MAGIC):
+        return ImagePayload(format="png", data=_b64(data))
+    if data.startswith(JPEG_MAGIC):
+        return ImagePayload(format="jpeg", data=_b64(data))
+    raise InvalidJob(f"{name} is not a PNG or JPEG image")
+
+
+def is_image_list(inputs: Any) -> bool:
+    """Whether ``inputs`` is a path or bytes of an image, or a list of them."""
+    if isinstance(inputs, ImageSource):
+        return True
+    return isinstance(inputs, list | tuple) and bool(inputs) and isinstance(inputs[0], ImageSource)
 
 
 def _flatten(values: Any) -> list[Any]:

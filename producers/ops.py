@@ -16,6 +16,10 @@ from shared.names import (
     KEY_STATS,
     KEY_WORKER,
     PRIORITY_STEPS,
+    QUEUE_COMPRESS,
+    QUEUE_INFER,
+    QUEUE_TRAIN,
+    WORKER_KEYS,
     device_queue,
     queue_keys,
 )
@@ -23,6 +27,15 @@ from shared.settings import DEFAULT_VISIBILITY_TIMEOUT_S
 from shared.stats import decode_record
 
 STATS_PAGE = 10_000
+# The queue a job waits on, by the kind its record holds (group members are infer jobs).
+KIND_QUEUES = {
+    "train": QUEUE_TRAIN,
+    "compress": QUEUE_COMPRESS,
+    "pipeline": QUEUE_COMPRESS,
+    "infer": QUEUE_INFER,
+    "group": QUEUE_INFER,
+    "job": QUEUE_INFER,
+}
 
 
 def fleet_status(
@@ -84,3 +97,25 @@ def stats_records(
     if model is not None:
         records = [r for r in records if r.get("model") == model]
     return records
+
+
+def live_queues(redis: Redis) -> set[str]:
+    """Every queue some live worker consumes, from the heartbeat records (they expire)."""
+    keys = list(redis.scan_iter(match=WORKER_KEYS, count=500))
+    queues: set[str] = set()
+    for raw in redis.mget(keys) if keys else []:
+        if raw:
+            queues.update(str(q) for q in json.loads(raw).get("queues", []))
+    return queues
+
+
+def unserved_queues(redis: Redis, job: dict[str, Any]) -> list[str]:
+    """The queues a job (its JSON) needs that no live worker consumes."""
+    kind, device = str(job.get("kind")), str(job.get("device") or "any")
+    needed = [KIND_QUEUES.get(kind, QUEUE_INFER)]
+    if kind == "pipeline" and job.get("train") is not None:
+        needed.insert(0, QUEUE_TRAIN)
+    if device in DEVICE_KINDS:
+        needed = [device_queue(q, device) for q in needed]
+    live = live_queues(redis)
+    return [q for q in needed if q not in live]

@@ -219,6 +219,12 @@ class ModelRegistry:
         fields = decoded(parsed.name, raw)
         version, variant = self._pick(parsed, fields)
         record = fields.get(f"variant:{version}:{variant}")
+        if record is None and not any(f.startswith(f"variant:{version}:") for f in fields):
+            versions = sorted({int(f.split(":")[1]) for f in fields if f.startswith("variant:")})
+            raise ModelNotFound(
+                f"model {parsed.name} has no version {version}; its versions: "
+                f"{', '.join(map(str, versions)) or 'none'}"
+            )
         if record is None:
             raise ModelNotFound(
                 f"model {parsed} has no variant {variant!r} at version {version}; "

@@ -69,6 +69,17 @@ class Settings(BaseSettings):
         description="Producer: tensors larger than this wait beside the message in Redis as "
         "raw bytes instead of riding in it as base64.",
     )
+    wait_timeout_s: float = Field(
+        default=3600,
+        gt=0,
+        description="Producer: how long a wait for a job's result lasts when no timeout is given.",
+    )
+    no_worker_grace_s: float = Field(
+        default=60,
+        gt=0,
+        description="Producer: a wait fails when no live worker has consumed the job's queue "
+        "for this long.",
+    )
     max_inputs_per_job: int = Field(default=1024, gt=0, description="Most inputs one job may hold.")
     batching: bool = Field(default=True, description="Merge concurrent inference jobs.")
     max_batch: int = Field(default=64, gt=0, description="Largest micro-batch of inputs.")

@@ -100,14 +100,23 @@ def tensor_bytes(payload: TensorPayload, stored: bytes | None) -> bytes:
 
 
 def preprocess_pixels(pixels: torch.Tensor, manifest: Manifest) -> torch.Tensor:
-    """uint8 images ``(H, W)``, ``(N, H, W)`` or ``(N, C, H, W)`` -> normalised model input."""
+    """uint8 images ``(H, W)``, ``(N, H, W)``, ``(N, C, H, W)``, or channels last as PIL and
+    OpenCV give them, ``(H, W, 3)`` and ``(N, H, W, 1|3)`` -> normalised model input.
+
+    A shape that reads both ways (``[N, 3, H, 3]``) is taken as channels first.
+    """
+    if pixels.dim() == 3 and pixels.shape[-1] == 3:  # one RGB image, channels last
+        pixels = pixels.unsqueeze(0)
     if pixels.dim() == 2:
         pixels = pixels.unsqueeze(0)
     if pixels.dim() == 3:
         pixels = pixels.unsqueeze(1)
+    if pixels.dim() == 4 and pixels.shape[1] not in (1, 3) and pixels.shape[-1] in (1, 3):
+        pixels = pixels.permute(0, 3, 1, 2)
     if pixels.dim() != 4 or pixels.shape[1] not in (1, 3):
         raise BadTensor(
-            f"uint8 images must be [H, W], [N, H, W] or [N, 1|3, H, W]; got {list(pixels.shape)}"
+            "uint8 images must be [H, W], [N, H, W], [N, 1|3, H, W], [H, W, 3] or "
+            f"[N, H, W, 1|3]; got {list(pixels.shape)}"
         )
     prep = manifest.preprocessing
     images = pixels.float() * prep.scale

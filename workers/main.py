@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from celery.apps.worker import Worker
+
 from shared.errors import InvalidJob
 from shared.settings import Settings
 from workers import bench_tasks, chain, groups, tasks
@@ -38,7 +40,21 @@ def prepare_worker(hostname: str, **overrides: Any) -> Runtime:
     return start_runtime(worker=hostname)
 
 
+def banner_urls(text: str, settings: Settings) -> str:
+    """Celery's banner without the ``:**@`` that kombu writes into every broker URL, even
+    one with no password (it would read as if a password were set)."""
+    return text if settings.has_password() else text.replace("://:**@", "://")
+
+
+class FleetWorker(Worker):
+    """Celery's worker application, with a banner that masks only passwords that exist."""
+
+    def startup_info(self, artlines: bool = True) -> str:
+        return banner_urls(super().startup_info(artlines), effective_settings())
+
+
 def run_worker(argv: Sequence[str]) -> None:
     """Connect the lifecycle hooks and run the Celery worker with ``argv``."""
     connect_signals()
+    app.__dict__["Worker"] = app.subclass_with_self(FleetWorker)  # a cached property's slot
     app.worker_main(list(argv))

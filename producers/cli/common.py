@@ -18,6 +18,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rich.console import Console
 
+from producers.client import Client
 from shared.errors import InputError, JobTimeout, Overloaded
 
 EXIT_FAILED, EXIT_INPUT, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_OVERLOADED = 1, 2, 3, 4, 5
@@ -70,9 +71,23 @@ def load_spec(path: Path) -> dict[str, Any]:
     return spec
 
 
-def emit_submitted(job_id: str, as_json: bool) -> None:
-    """What `submit` prints for a job it did not wait for."""
-    if as_json:
+def emit_submitted(job_id: str, as_json: bool, *, waiting: bool = False) -> None:
+    """The id of a job just submitted: the whole output without ``--wait``; with it, the
+    first line before the progress and the result (on stderr with ``--json``)."""
+    if waiting:
+        (err_console if as_json else console).print(f"job {job_id}", highlight=False)
+    elif as_json:
         print(json.dumps({"job_id": job_id, "status": "PENDING"}))
     else:
-        console.print(job_id)
+        console.print(job_id, highlight=False)
+
+
+def warn_unserved(client: Client, job: dict[str, Any]) -> None:
+    """Warn on stderr when no live worker consumes a queue the job needs."""
+    for queue in client.unserved_queues(job):
+        err_console.print(
+            f"warning: no live worker consumes queue {queue!r} (no heartbeat in Redis); the "
+            f"job waits until one starts (`torchfleet worker --queues {queue.split('.')[0]}`)",
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from producers.cli.common import (
     EXIT_FAILED,
@@ -21,10 +21,16 @@ from producers.cli.common import (
     fail,
     load_spec,
     reported_errors,
+    warn_unserved,
 )
 from producers.cli.groups import load_group_spec, print_group
 from producers.client import Client, JobState
-from producers.render import render_progress_text, render_result
+from producers.render import (
+    is_epoch_end,
+    render_progress_short,
+    render_progress_text,
+    render_result,
+)
 from shared.jobs import job_schema
 
 
@@ -68,7 +74,11 @@ def submit(
     method: Annotated[str, typer.Option(help="compress: method.")] = "quantize_dynamic",
     model: Annotated[str | None, typer.Option(help="infer: model reference.")] = None,
     input: Annotated[
-        list[Path] | None, typer.Option("--input", help="infer: .npy array or image files.")
+        list[Path] | None,
+        typer.Option("--input", help="infer: a .npy array, or image files (several may follow)."),
+    ] = None,
+    more: Annotated[
+        list[Path] | None, typer.Argument(help="infer: more image files after --input.")
     ] = None,
     top_k: Annotated[int, typer.Option(help="infer: answers per input.")] = 1,
     job_id: Annotated[str | None, typer.Option(help="Choose the job id.")] = None,
@@ -92,9 +102,12 @@ def submit(
             if dataset is not None:
                 spec["eval_dataset"] = {"name": dataset}
         elif what == "infer":
-            spec = _infer_spec(_required(model, "--model"), input or [], top_k)
+            spec = _infer_spec(_required(model, "--model"), [*(input or []), *(more or [])], top_k)
         else:
             spec = load_spec(Path(what))
+        if more and what != "infer":
+            fail(EXIT_INPUT, f"unexpected extra arguments: {' '.join(map(str, more))}")
+        names = _input_names(spec, [*(input or []), *(more or [])])
         with Client() as client:
             if spec.get("kind") == "group":
                 group_id = client.submit_group(load_group_spec(Path(what)), group_id=job_id)
@@ -103,6 +116,8 @@ def submit(
                 else:
                     console.print(group_id)
                 return
+            if spec.get("kind") == "infer":  # refused here, not after a worker round trip
+                client.registry.resolve(str(spec.get("model")))
             if hasattr(spec.get("inputs"), "tobytes"):  # an array: the client picks its transport
                 options = {k: v for k, v in spec.items() if k not in ("kind", "model", "inputs")}
                 submitted = client.submit_infer(
@@ -110,10 +125,10 @@ def submit(
                 )
             else:
                 submitted = client.submit(spec, job_id=job_id)
-            if not wait:
-                emit_submitted(submitted, as_json)
-                return
-            _finish(client, submitted, timeout, as_json)
+            warn_unserved(client, spec)
+            emit_submitted(submitted, as_json, waiting=wait)
+            if wait:
+                _finish(client, submitted, timeout, as_json, names)
 
 
 def wait_cmd(job_id: str, timeout: TimeoutOpt = None, as_json: JsonOpt = False) -> None:
@@ -149,12 +164,21 @@ def _required(value: str | None, option: str) -> str:
     return value
 
 
+def _input_names(spec: dict[str, Any], paths: list[Path]) -> list[str] | None:
+    """The file names an infer job's image inputs came from (None for arrays)."""
+    if spec.get("kind") == "infer" and isinstance(spec.get("inputs"), list) and paths:
+        return [p.name for p in paths]
+    return None
+
+
 def _infer_spec(model: str, inputs: list[Path], top_k: int) -> dict[str, Any]:
     """An infer job; a .npy array stays an array (large ones travel beside the message)."""
     from producers.encoding import encode_images
 
     if not inputs:
         fail(EXIT_INPUT, "--input is required: a .npy file or image files")
+    if any(p.suffix == ".npy" for p in inputs) and len(inputs) > 1:
+        fail(EXIT_INPUT, "--input takes one .npy array, or image files (not both)")
     if len(inputs) == 1 and inputs[0].suffix == ".npy":
         import numpy as np
 
@@ -164,27 +188,39 @@ def _infer_spec(model: str, inputs: list[Path], top_k: int) -> dict[str, Any]:
     return {"kind": "infer", "model": model, "inputs": payload, "top_k": top_k}
 
 
-def _finish(client: Client, job_id: str, timeout: float | None, as_json: bool) -> None:
+def _finish(
+    client: Client,
+    job_id: str,
+    timeout: float | None,
+    as_json: bool,
+    names: list[str] | None = None,
+) -> None:
     if as_json or not sys.stderr.isatty():
         state = client.wait_state(job_id, timeout=timeout)
     else:
         state = _wait_with_progress(client, job_id, timeout)
-    _print_state(state, as_json)
+    _print_state(state, as_json, names)
 
 
 def _wait_with_progress(client: Client, job_id: str, timeout: float | None) -> JobState:
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
-        task = bar.add_task(f"{job_id[:8]} queued", total=1.0)
+        task = bar.add_task("queued", total=1.0)
+        return client.wait_state(
+            job_id, timeout=timeout, on_progress=lambda state: show_progress(bar, task, state)
+        )
 
-        def update(state: JobState) -> None:
-            if state.status != "PROGRESS":  # STARTED's meta is the worker's pid and host
-                bar.update(task, description=f"{job_id[:8]} {state.status.lower()}")
-                return
-            done = _fraction(state.progress)
-            bar.update(task, completed=done, description=render_progress_text(state.progress))
 
-        return client.wait_state(job_id, timeout=timeout, on_progress=update)
+def show_progress(bar: Progress, task: TaskID, state: JobState) -> None:
+    """Move the bar; an epoch's end is also printed whole above it (the bar's line holds
+    only the fields that fit beside the bar)."""
+    if state.status != "PROGRESS":  # STARTED's meta is the worker's pid and host
+        bar.update(task, description=state.status.lower())
+        return
+    if is_epoch_end(state.progress):
+        bar.console.print(render_progress_text(state.progress), highlight=False)
+    description = render_progress_short(state.progress)
+    bar.update(task, completed=_fraction(state.progress), description=description)
 
 
 def _fraction(progress: dict[str, Any]) -> float:
@@ -197,11 +233,11 @@ def _fraction(progress: dict[str, Any]) -> float:
     return 0.0
 
 
-def _print_state(state: JobState, as_json: bool) -> None:
+def _print_state(state: JobState, as_json: bool, names: list[str] | None = None) -> None:
     if as_json:
         print(json.dumps(state.result if state.status == "SUCCESS" else state.to_json()))
     elif state.result is not None:
-        render_result(console, state.result)
+        render_result(console, state.result, names=names)
     elif not state.finished:
         console.print(f"{state.job_id}: {state.status} {render_progress_text(state.progress)}")
     if state.finished and state.status != "SUCCESS":

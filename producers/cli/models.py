@@ -41,7 +41,9 @@ def models_show(name: str, as_json: JsonOpt = False) -> None:
     if as_json:
         print(json.dumps(info))
     else:
-        console.print_json(data=info)
+        from producers.render import render_model
+
+        render_model(console, info)
 
 
 @app.command("promote")

@@ -15,6 +15,7 @@ from producers.cli.common import (
     fail,
     load_spec,
     reported_errors,
+    warn_unserved,
 )
 from producers.client import Client
 from producers.render import render_pipeline
@@ -36,8 +37,9 @@ def submit(
     document = {"kind": "pipeline", **load_spec(spec)}
     with reported_errors(), Client() as client:
         submitted = client.submit(document, job_id=job_id)
+        warn_unserved(client, document)
+        emit_submitted(submitted, as_json, waiting=wait)
         if not wait:
-            emit_submitted(submitted, as_json)
             return
         result = client.wait(submitted, timeout=timeout)
     _show(result, as_json)

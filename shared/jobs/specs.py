@@ -34,6 +34,7 @@ from shared.jobs.refs import (
 from shared.jobs.steps import (
     CompressStep,
     VariantName,
+    step_order_problem,
 )
 
 # ---------------------------------------------------------------- training
@@ -219,7 +220,14 @@ class CompressJob(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"steps name the same variant more than once: {dupes}")
+        _check_step_order(self.steps)
         return self
+
+
+def _check_step_order(steps: list[CompressStep]) -> None:
+    problem = step_order_problem([step.method for step in steps])
+    if problem is not None:
+        raise ValueError(problem)
 
 
 # ---------------------------------------------------------------- inference
@@ -325,6 +333,7 @@ class PipelineJob(Strict):
         names = [s.variant for s in self.steps if s.variant]
         if len(names) != len(set(names)):
             raise ValueError("steps name the same variant more than once")
+        _check_step_order(self.steps)
         if self.variant is not None and self.variant not in names:
             raise ValueError(
                 f"variant {self.variant!r} is not produced by any step; set "

@@ -165,3 +165,33 @@ CompressStep = Annotated[
     | CastStep,
     Field(discriminator="method"),
 ]
+
+# ---------------------------------------------------------------- step order
+QUANTIZE_METHODS = frozenset({"quantize_dynamic", "quantize_static"})
+EXPORT_METHODS = frozenset({"export_torchscript", "export_pt2", "export_onnx"})
+
+
+def step_order_problem(methods: list[str]) -> str | None:
+    """What is wrong with the order of compression steps, or None. Every step but an export
+    needs a float model: none may follow a quantize step (only exports may), and none may
+    follow an ONNX export (the graph replaces the model); ONNX is exported once."""
+    for i, method in enumerate(methods):
+        for j, earlier in enumerate(methods[:i]):
+            if method in EXPORT_METHODS and not (method == earlier == "export_onnx"):
+                continue
+            if earlier in QUANTIZE_METHODS or earlier == "export_onnx":
+                return f"steps[{i}] {method} cannot follow steps[{j}] {earlier}: " + _order_rule(
+                    method, earlier
+                )
+    return None
+
+
+def _order_rule(method: str, earlier: str) -> str:
+    if earlier == "export_onnx":
+        if method == "export_onnx":
+            return "a model is exported to ONNX once"
+        return f"{method} needs the eager model, which the ONNX graph replaces; put exports last"
+    return (
+        f"{method} needs a float model and {earlier} makes it int8; put {method} before "
+        f"{earlier} (quantize last, then exports)"
+    )

@@ -139,24 +139,29 @@ def test_submit_then_wait_then_results(
 
 
 def test_failed_job_exits_non_zero_with_a_one_line_reason(
+    fleet_env: dict[str, str], trained: dict, tmp_path: Path
+) -> None:
+    array = tmp_path / "x.npy"
+    np.save(array, np.ones((1, 3, 8, 8), dtype=np.float32))  # the model takes 32x32
+    ref = f"{trained['model']}:{trained['version']}"
+    args = ("submit", "infer", "--model", ref, "--input", str(array), "--wait", "--json")
+    done = torchfleet(fleet_env, *args)
+    assert done.returncode == 1
+    job_line, reason = done.stderr.strip().splitlines()  # the job's whole id first, then why
+    job_id = job_line.removeprefix("job ")
+    assert len(job_id) == 32 and job_id in reason and "bad_tensor" in reason
+    assert json.loads(done.stdout)["error_code"] == "bad_tensor"
+
+
+def test_an_unknown_model_is_refused_at_submit(
     fleet_env: dict[str, str], worker: WorkerProcess, tmp_path: Path
 ) -> None:
     array = tmp_path / "x.npy"
     np.save(array, np.ones((1, 3, 32, 32), dtype=np.float32))
-    done = torchfleet(
-        fleet_env,
-        "submit",
-        "infer",
-        "--model",
-        "ghost-model",
-        "--input",
-        str(array),
-        "--wait",
-        "--json",
-    )
-    assert done.returncode == 1
-    assert "model_not_found" in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert json.loads(done.stdout)["error_code"] == "model_not_found"
+    args = ("submit", "infer", "--model", "ghost-model", "--input", str(array), "--wait")
+    done = torchfleet(fleet_env, *args)
+    assert done.returncode == 2 and "'ghost-model' is not registered" in done.stderr
+    assert "job " not in done.stderr  # nothing was queued
 
 
 @pytest.mark.parametrize(
@@ -184,3 +189,19 @@ def test_models_list_and_schema(fleet_env: dict[str, str], trained: dict) -> Non
     assert trained["model"] in {m["name"] for m in listed}
     schema = json.loads(torchfleet(fleet_env, "schema").stdout)
     assert "TrainJob" in schema["$defs"]
+
+
+def test_several_images_are_answered_by_file_name(
+    fleet_env: dict[str, str], trained: dict, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    paths = []
+    for name, shade in (("seven.png", 40), ("three.png", 200)):
+        paths.append(str(tmp_path / name))
+        Image.new("RGB", (32, 32), (shade, shade, shade)).save(paths[-1])
+    ref = f"{trained['model']}:{trained['version']}"
+    done = torchfleet(fleet_env, "submit", "infer", "--model", ref, "--input", *paths, "--wait")
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if ".png" in line]
+    assert [r.split()[1] for r in rows] == ["seven.png", "three.png"]

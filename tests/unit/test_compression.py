@@ -244,8 +244,11 @@ def test_a_method_on_a_model_it_cannot_handle_names_the_step(
 
 def test_a_failure_in_a_later_step_registers_no_earlier_variant(ctx: JobContext) -> None:
     digest = ctx.registry.resolve("digits:1").record.digest
-    steps = [{"method": "quantize_dynamic", "variant": "q"}, {"method": "prune_l1"}]
-    with pytest.raises(CompressionError, match=r"step 2 \(prune_l1\).*quantized"):
+    steps = [
+        {"method": "prune_l1", "variant": "q"},
+        {"method": "distill", "student_kwargs": {"num_classes": 5}, "epochs": 1},
+    ]
+    with pytest.raises(CompressionError, match=r"step 2 \(distill\).*5 classes"):
         execute(job(steps), ctx)
     assert_nothing_registered(ctx, digest)
 

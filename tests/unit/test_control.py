@@ -67,7 +67,7 @@ def _variant(name: str, passed: bool, speedup: float) -> VariantReport:
 
 
 def _job(**kw: object) -> PipelineJob:
-    steps = [{"method": "quantize_dynamic", "variant": "a"}, {"method": "prune_l1", "variant": "b"}]
+    steps = [{"method": "prune_l1", "variant": "b"}, {"method": "quantize_dynamic", "variant": "a"}]
     return PipelineJob(source="m", steps=steps, **kw)  # type: ignore[arg-type]
 
 
