@@ -29,8 +29,10 @@ def online(run: Run, count: int) -> str:
         say("online lane: `torchfleet infer --help` fails in the producer image; skipped "
             "(the step switches itself on once the command exists)")  # fmt: skip
         return "skipped"
-    answer = producer(run, ONLINE_CLI)
-    expect(len(answer.get("predictions", [])) == len(run.labels["batch"]), f"online: {answer}")
+    answer = producer(run, ONLINE_CLI)  # {"answers": [{"input", "job_id", "result"}]}
+    results = [a.get("result") or {} for a in answer.get("answers", [])]
+    predicted = sum(len(r.get("predictions", [])) for r in results)
+    expect(predicted == len(run.labels["batch"]), f"online: {answer}")
     report = jobs_script(run, "online", "--prefix", run.prefix("online"), "--count", str(count),
                          "--min-accuracy", str(MIN_ACCURACY))  # fmt: skip
     run.tally.online_sent += count + 1
