@@ -11,8 +11,6 @@ It needs only Redis and the torch-free contracts in ``shared``::
 from __future__ import annotations
 
 import contextlib
-import json
-import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -23,10 +21,10 @@ from celery import Celery
 from pydantic import ValidationError
 
 from producers import waiting
-from producers.grouping import aggregate_ids, send_group
+from producers.grouping import GroupJobs
 from producers.lane import LaneClient
 from producers.ops import KIND_QUEUES, fleet_status, stats_records, unserved_queues
-from producers.specs import job_payload, validate_group, validate_job
+from producers.specs import job_payload, validate_job
 from producers.state import FINISHED, JobState, ProgressFn, UnknownJob, read_metas, state_from_meta
 from producers.waiting import NoWorker, WorkerWatch
 from shared.celery_app import create_app
@@ -36,15 +34,12 @@ from shared.jobrecord import claim_job_id
 from shared.jobs import (
     AnyJob,
     CompressJob,
-    GroupSummary,
     InferJob,
-    JobGroup,
     PipelineJob,
     describe_errors,
 )
 from shared.names import (
     DEVICE_KINDS,
-    KEY_GROUP_SUMMARY,
     TASK_COMPRESS,
     TASK_INFER,
     TASK_PIPELINE,
@@ -52,7 +47,6 @@ from shared.names import (
     TASK_TRAIN,
     cancel_key,
     device_queue,
-    group_key,
     input_key,
     job_key,
     transport_priority,
@@ -70,7 +64,7 @@ TASK_FOR_KIND = {
 }
 
 
-class Client:
+class Client(GroupJobs):
     """Submit, wait for and read jobs on a torchfleet fleet."""
 
     def __init__(self, settings: Settings | None = None) -> None:
@@ -141,70 +135,6 @@ class Client:
     def submit_pipeline(self, *, job_id: str | None = None, **spec: Any) -> str:
         """Train (or take ``source``), compress, gate, promote, warm: a :class:`PipelineJob`."""
         return self.submit(validate_job({"kind": "pipeline", **spec}), job_id=job_id)
-
-    def submit_group(
-        self,
-        jobs: JobGroup | Sequence[InferJob | dict[str, Any]],
-        *,
-        group_id: str | None = None,
-        aggregate: bool = True,
-    ) -> str:
-        """Submit inference jobs as one group; returns the group id for :meth:`group_results`.
-
-        With ``aggregate`` the jobs run as a Celery chord whose callback
-        (``torchfleet.aggregate``) stores the group's summary inside the fleet.
-        """
-        group = jobs if isinstance(jobs, JobGroup) else validate_group(jobs)
-        group_id = group_id or f"g-{uuid.uuid4().hex}"
-        ids = [f"{group_id}-{i}" for i in range(len(group.jobs))]
-        record = {"job_ids": ids, "created_at": time.time()}
-        self.redis.set(group_key(group_id), json.dumps(record), ex=self.settings.result_ttl_s)
-        self._remember(*ids, *(aggregate_ids(group_id) if aggregate else ()))
-        self._remember(group_id, kind="group")
-        signatures = [
-            self.app.signature(
-                TASK_INFER,
-                args=(job_payload(job),),
-                task_id=job_id,
-                **self._route(job, None),
-            )
-            for job, job_id in zip(group.jobs, ids, strict=True)
-        ]
-        send_group(self.app, signatures, group_id, aggregate=aggregate)
-        return group_id
-
-    def group_members(self, group_id: str) -> list[str]:
-        """The job ids of a group, or :class:`UnknownJob`."""
-        raw = self.redis.get(group_key(group_id))
-        if raw is None:
-            raise UnknownJob(f"no group {group_id!r} (never submitted, or expired)")
-        return list(json.loads(raw)["job_ids"])
-
-    def group_results(self, group_id: str) -> GroupSummary:
-        """Aggregate a group now: progress, outcomes, accuracy and latency percentiles."""
-        from shared.stats import member_from_meta, summarize_group
-
-        metas = read_metas(self.app, self.group_members(group_id))
-        return summarize_group(group_id, [member_from_meta(m) for m in metas])
-
-    def fleet_summary(self, group_id: str) -> GroupSummary | None:
-        """The summary the fleet's chord callback stored, once every member finished."""
-        raw = self.redis.get(f"{KEY_GROUP_SUMMARY}{group_id}")
-        return GroupSummary.model_validate_json(raw) if raw else None
-
-    def wait_fleet_summary(self, group_id: str, *, timeout: float | None = None) -> GroupSummary:
-        """Wait for the fleet's chord callback (or its errback, if a member failed)."""
-        self.group_members(group_id)
-        body, errback = aggregate_ids(group_id)
-        state = self.wait_state(body, timeout=timeout)
-        if state.status != "SUCCESS":  # the chord failed: its errback aggregates instead
-            state = self.wait_state(errback, timeout=timeout)
-        if state.result is None:
-            raise JobFailed(errback, state.error_code or "failed", state.error or state.status)
-        return GroupSummary.model_validate(state.result)
-
-    def is_group(self, group_id: str) -> bool:
-        return bool(self.redis.exists(group_key(group_id)))
 
     def submit_train(self, *, job_id: str | None = None, **spec: Any) -> str:
         return self.submit(validate_job({"kind": "train", **spec}), job_id=job_id)

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from producers.client import Client
+from shared.names import job_key
 from tests.fleet import WorkerProcess
 from tests.integration.test_chaos_hostile import WAIT_S, train
 
@@ -50,6 +51,7 @@ class Touch:
 def send(client: Client, dataset: dict[str, Any], **fields: Any) -> tuple[str, str, str]:
     task, payload = train(dataset={"image_size": 8, **dataset}, **fields)
     job_id = f"hostile-data-{uuid.uuid4().hex[:8]}"
+    client.redis.set(job_key(job_id), "train", ex=3600)  # recorded, as a submit would
     client.app.send_task(task, args=[payload], task_id=job_id)
     state = client.wait_state(job_id, timeout=WAIT_S)
     return state.status, state.error_code or "", state.error or ""
