@@ -68,6 +68,12 @@ def decode_tensor(
         return preprocess_pixels(torch.from_numpy(array.astype(np.uint8)), manifest)
     if payload.dtype == "int64":
         raise BadTensor("int64 inputs are not images or features; send float32 or uint8")
+    return float_batch(array, payload.shape, manifest)
+
+
+def float_batch(array: np.ndarray, shape: list[int], manifest: Manifest) -> torch.Tensor:
+    """A float ``array`` (any byte order) as a finite ``(N, *input_shape)`` float32 tensor;
+    ``shape`` is the one the sender declared, for the error message."""
     with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN are refused just below
         native = array.astype(np.float32)  # a native, writable copy
     if not np.isfinite(native).all():  # numpy's check costs a tenth of torch's on one input
@@ -78,7 +84,7 @@ def decode_tensor(
         tensor = tensor.unsqueeze(0)
     if list(tensor.shape[1:]) != expected:
         raise BadTensor(
-            f"input shape {list(payload.shape)} does not fit the model: expected "
+            f"input shape {list(shape)} does not fit the model: expected "
             f"{expected} or [N, {', '.join(map(str, expected))}]"
         )
     return tensor

@@ -18,7 +18,7 @@ from shared.errors import BadTensor, InvalidJob, JobExpired, TorchfleetError
 from shared.lane import LaneRequest, decode_request, reply_address
 from shared.manifest import Manifest
 from shared.settings import Settings
-from workers.inference import NP_DTYPES, decode_image_files, preprocess_pixels
+from workers.inference import NP_DTYPES, decode_image_files, float_batch, preprocess_pixels
 
 CPU_BATCH = 32  # requests read per batch on a CPU (see read_count)
 
@@ -158,20 +158,7 @@ def decode_one(request: LaneRequest, manifest: Manifest) -> torch.Tensor:
     array = np.frombuffer(request.data, dtype=wire).reshape(request.shape)  # type: ignore[arg-type]
     if request.dtype == "uint8":
         return _fits(preprocess_pixels(torch.from_numpy(array.copy()), manifest), manifest)
-    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN are refused just below
-        native = array.astype(np.float32)
-    if not np.isfinite(native).all():
-        raise BadTensor("inputs contain NaN or infinite values")
-    tensor = torch.from_numpy(native)
-    expected = list(manifest.input_shape)
-    if list(tensor.shape) == expected:
-        tensor = tensor.unsqueeze(0)
-    if list(tensor.shape[1:]) != expected:
-        raise BadTensor(
-            f"input shape {list(request.shape)} does not fit the model: expected "
-            f"{expected} or [N, {', '.join(map(str, expected))}]"
-        )
-    return tensor
+    return float_batch(array, list(request.shape), manifest)
 
 
 def _fits(batch: torch.Tensor, manifest: Manifest) -> torch.Tensor:
