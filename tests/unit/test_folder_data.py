@@ -8,24 +8,20 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from shared.errors import InvalidJob, PathNotAllowed
 from shared.jobs import DatasetSpec, TrainJob, TrainResult
 from shared.registry import ModelRegistry
 from shared.settings import Settings
-from tests.unit.training_helpers import same_weights
+from tests.unit.training_helpers import MakeContext, context_maker, same_weights
 from workers.artifacts import ArtifactStore
-from workers.context import JobContext
 from workers.jobs.training import execute
 from workers.train import data
 from workers.zoo.confine import DataLimits
 from workers.zoo.datasets import DatasetBundle, load_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-MakeContext = Callable[..., JobContext]
 
 
 def write_classes(root: Path, classes: list[str], per_class: int = 12, size: int = 8) -> None:
@@ -45,20 +41,7 @@ def curve(result: TrainResult) -> list[dict[str, float]]:
 
 @pytest.fixture
 def make_ctx(settings: Settings, registry: ModelRegistry) -> MakeContext:
-    store = ArtifactStore(settings.artifacts)
-
-    def make(job_id: str, progress: Callable[[dict[str, Any]], None] | None = None) -> JobContext:
-        return JobContext(
-            job_id=job_id,
-            device=torch.device("cpu"),
-            worker="test-worker",
-            store=store,
-            registry=registry,
-            settings=settings,
-            progress=progress or (lambda _: None),
-        )
-
-    return make
+    return context_maker(settings, registry, ArtifactStore(settings.artifacts))
 
 
 @pytest.fixture

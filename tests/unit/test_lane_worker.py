@@ -26,7 +26,7 @@ from shared.lane import encode_request
 from shared.names import LANE_GROUP, lane_reply_key, lane_stream, lane_streams
 from shared.registry import ModelRegistry
 from shared.settings import Settings
-from tests.fleet import register_cnn
+from tests.fleet import register_cnn, until
 from workers.artifacts import ArtifactStore
 from workers.batching import MicroBatcher
 from workers.cache import ModelCache
@@ -253,6 +253,23 @@ def running(lane_env: tuple[Settings, redis.Redis]) -> Iterator[LaneConsumer]:
     consumer.stop()
 
 
+@contextlib.contextmanager
+def idle_consumer(
+    settings: Settings, client: redis.Redis
+) -> Iterator[tuple[Runtime, LaneConsumer, LaneClient]]:
+    """A consumer whose group exists but which reads nothing until started, and a client;
+    both stopped on the way out."""
+    rt = make_runtime(settings, client)
+    consumer = LaneConsumer(rt)
+    consumer.ensure_groups()
+    lane = LaneClient(client, settings)
+    try:
+        yield rt, consumer, lane
+    finally:
+        consumer.stop()
+        lane.close()
+
+
 def test_the_consumer_answers_a_client_on_both_redis_versions(
     lane_env: tuple[Settings, redis.Redis], running: LaneConsumer
 ) -> None:
@@ -278,11 +295,7 @@ def test_a_dead_consumers_requests_are_claimed_and_answered(
 ) -> None:
     settings, client = lane_env
     cnn = register_cnn(settings)
-    rt = make_runtime(settings, client)
-    consumer = LaneConsumer(rt)
-    consumer.ensure_groups()
-    lane = LaneClient(client, settings)
-    try:
+    with idle_consumer(settings, client) as (rt, consumer, lane):
         futures: list[Future[dict[str, Any]]] = [
             lane.infer_async(cnn.name, inputs(seed=i)) for i in range(3)
         ]
@@ -294,9 +307,6 @@ def test_a_dead_consumers_requests_are_claimed_and_answered(
         assert {a["worker"] for a in answers} == {rt.worker}
         pending = client.xpending(lane_stream("cpu"), LANE_GROUP)
         assert pending["pending"] == 0
-    finally:
-        consumer.stop()
-        lane.close()
 
 
 def test_a_request_delivered_too_often_is_dead_lettered_and_answered(
@@ -304,11 +314,7 @@ def test_a_request_delivered_too_often_is_dead_lettered_and_answered(
 ) -> None:
     settings, client = lane_env
     cnn = register_cnn(settings)
-    rt = make_runtime(settings, client)
-    consumer = LaneConsumer(rt)
-    consumer.ensure_groups()
-    lane = LaneClient(client, settings)
-    try:
+    with idle_consumer(settings, client) as (_, consumer, lane):
         future = lane.infer_async(cnn.name, inputs())
         stream = lane_stream("cpu")
         client.xreadgroup(LANE_GROUP, "dead@host", {stream: ">"})
@@ -323,9 +329,6 @@ def test_a_request_delivered_too_often_is_dead_lettered_and_answered(
         (letter,) = list_dead_letters(client)
         assert letter.task == "torchfleet.lane" and letter.args[0]["model"] == cnn.name
         assert letter.deliveries == settings.lane_max_deliveries + 1
-    finally:
-        consumer.stop()
-        lane.close()
 
 
 def test_pause_holds_requests_and_resume_drains_them(
@@ -353,22 +356,14 @@ def test_entries_deleted_while_pending_leave_no_ghost_after_a_claim(
     lane_env: tuple[Settings, redis.Redis],
 ) -> None:
     settings, client = lane_env
-    rt = make_runtime(settings, client)
-    consumer = LaneConsumer(rt)
-    consumer.ensure_groups()
     stream = lane_stream("cpu")
-    (gone,) = entries("m", inputs())
-    entry_id = client.xadd(stream, dict(gone.fields))  # type: ignore[arg-type]
-    client.xreadgroup(LANE_GROUP, "dead@host", {stream: ">"})
-    client.xdel(stream, entry_id)  # 6.2 claims it as a nil entry, 7.0 reports its id
-    consumer.start()
-    try:
-        deadline = time.monotonic() + 30
-        while client.xpending(stream, LANE_GROUP)["pending"] and time.monotonic() < deadline:
-            time.sleep(0.05)  # polls Redis state the consumer's sweep changes
-        assert client.xpending(stream, LANE_GROUP)["pending"] == 0
-    finally:
-        consumer.stop()
+    with idle_consumer(settings, client) as (_, consumer, _lane):
+        (gone,) = entries("m", inputs())
+        entry_id = client.xadd(stream, dict(gone.fields))  # type: ignore[arg-type]
+        client.xreadgroup(LANE_GROUP, "dead@host", {stream: ">"})
+        client.xdel(stream, entry_id)  # 6.2 claims it as a nil entry, 7.0 reports its id
+        consumer.start()
+        until(lambda: client.xpending(stream, LANE_GROUP)["pending"] == 0, "the claim sweep")
 
 
 def test_a_batchs_stats_records_land_as_ordinary_records(redis_client: redis.Redis) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,8 @@ from shared.errors import BrokerUnavailable, DatasetNotFound, InvalidJob, Traini
 from shared.jobs import TrainJob, TrainResult
 from shared.registry import ModelRegistry
 from shared.settings import Settings
-from tests.unit.training_helpers import same_weights
+from tests.unit.training_helpers import MakeContext, context_maker, same_weights
 from workers.artifacts import ArtifactStore
-from workers.context import JobContext
 from workers.jobs.training import execute
 from workers.modelio import build_module
 from workers.train.optim import lr_factor
@@ -31,7 +29,6 @@ from workers.zoo.datasets import load_dataset
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-MakeContext = Callable[..., JobContext]
 TINY: dict[str, Any] = {
     "model_name": "tiny",
     "arch": "mlp",
@@ -66,18 +63,7 @@ def store(settings: Settings) -> ArtifactStore:
 
 @pytest.fixture
 def make_ctx(settings: Settings, registry: ModelRegistry, store: ArtifactStore) -> MakeContext:
-    def make(job_id: str = "job-1", progress: Callable[[dict[str, Any]], None] | None = None):  # type: ignore[no-untyped-def]
-        return JobContext(
-            job_id=job_id,
-            device=torch.device("cpu"),
-            worker="test-worker",
-            store=store,
-            registry=registry,
-            settings=settings,
-            progress=progress or (lambda _: None),
-        )
-
-    return make
+    return context_maker(settings, registry, store)
 
 
 # ------------------------------------------------------------------ the happy path

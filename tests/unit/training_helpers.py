@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from shared.jobs import TrainResult
+from shared.registry import ModelRegistry
+from shared.settings import Settings
 from workers.artifacts import ArtifactStore
+from workers.context import JobContext
+
+MakeContext = Callable[..., JobContext]
+
+
+def context_maker(settings: Settings, registry: ModelRegistry, store: ArtifactStore) -> MakeContext:
+    """A builder of CPU job contexts over one store and registry: ``make(job_id, progress)``."""
+
+    def make(
+        job_id: str = "job-1", progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> JobContext:
+        return JobContext(
+            job_id=job_id,
+            device=torch.device("cpu"),
+            worker="test-worker",
+            store=store,
+            registry=registry,
+            settings=settings,
+            progress=progress or (lambda _: None),
+        )
+
+    return make
 
 
 def same_weights(store: ArtifactStore, a: TrainResult, b: TrainResult) -> bool:
