@@ -95,8 +95,13 @@ class Client(GroupJobs):
         if source is not None:
             self.registry.resolve(source)  # a missing source model fails here, not later
         job_id, payload = job_id or uuid.uuid4().hex, job_payload(model)
-        claim_job_id(self.redis, job_id, payload, self.settings.result_ttl_s, stored)
-        self._remember(job_id, kind=model.kind, stored=stored)  # before any worker can see it
+        # The id's owner and its job record, then the bytes it refers to: before any worker
+        # can see the message.
+        claim_job_id(
+            self.redis, job_id, payload, self.settings.result_ttl_s, stored, kind=model.kind
+        )
+        if stored:
+            self._remember(stored=stored)
         try:
             self.app.send_task(
                 TASK_FOR_KIND[model.kind],

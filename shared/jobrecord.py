@@ -16,13 +16,16 @@ from typing import Any
 import redis
 
 from shared.errors import JobIdReused
-from shared.names import job_digest_key
+from shared.names import job_digest_key, job_key
 
+# KEYS: the digest key, the job record; ARGV: digest, TTL, the job's kind. The job record
+# (unknown vs queued) is written in the same round trip, unless the id belongs to another job.
 CLAIM_SCRIPT = """
 local old = redis.call('GET', KEYS[1])
-if old then return old end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return false
+if old and old ~= ARGV[1] then return old end
+if not old then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2])
+return old or false
 """
 VOLATILE_FIELDS = frozenset({"submitted_at"})  # set by the producer at each submission
 
@@ -44,15 +47,18 @@ def claim_job_id(
     payload: Mapping[str, Any],
     ttl_s: int,
     stored: Mapping[str, bytes] | None = None,
+    *,
+    kind: str = "job",
 ) -> bool:
-    """Record ``payload`` as the job ``job_id`` names, or refuse a different one already there;
-    whether the id is new.
+    """Record ``payload`` as the job ``job_id`` names, with its job record (``kind``), or refuse
+    a different one already there; whether the id is new.
 
     One atomic script (``SET NX`` + ``GET``, which Redis 6 cannot combine in one ``SET``): two
     clients racing for a new id cannot both win.
     """
     digest = payload_digest(payload, stored)
-    previous = client.eval(CLAIM_SCRIPT, 1, job_digest_key(job_id), digest, ttl_s)
+    keys = (job_digest_key(job_id), job_key(job_id))
+    previous = client.eval(CLAIM_SCRIPT, 2, *keys, digest, ttl_s, kind)
     if previous is None:
         return True
     if (previous.decode() if isinstance(previous, bytes) else str(previous)) != digest:
