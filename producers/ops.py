@@ -10,7 +10,6 @@ from redis import Redis
 
 from shared.deadletter import in_flight
 from shared.names import (
-    ALL_QUEUES,
     DEVICE_KINDS,
     KEY_DEADLETTER,
     KEY_STATS,
@@ -21,6 +20,7 @@ from shared.names import (
     QUEUE_TRAIN,
     WORKER_KEYS,
     device_queue,
+    every_queue,
     queue_keys,
 )
 from shared.settings import DEFAULT_VISIBILITY_TIMEOUT_S
@@ -52,7 +52,7 @@ def fleet_status(
         raw = redis.get(key)
         if raw:
             workers.append(json.loads(raw))
-    names = [*ALL_QUEUES, *(device_queue(q, d) for d in DEVICE_KINDS for q in ALL_QUEUES)]
+    names = every_queue()
     with redis.pipeline(transaction=False) as pipe:
         for name in names:
             for key in queue_keys(name):
