@@ -10,17 +10,20 @@ from redis import Redis
 
 from shared.deadletter import in_flight
 from shared.names import (
-    ALL_QUEUES,
     DEVICE_KINDS,
     KEY_DEADLETTER,
     KEY_STATS,
     KEY_WORKER,
+    LANE_GROUP,
     PRIORITY_STEPS,
     QUEUE_COMPRESS,
     QUEUE_INFER,
     QUEUE_TRAIN,
     WORKER_KEYS,
     device_queue,
+    every_queue,
+    lane_alive_key,
+    lane_streams,
     queue_keys,
 )
 from shared.settings import DEFAULT_VISIBILITY_TIMEOUT_S
@@ -52,7 +55,7 @@ def fleet_status(
         raw = redis.get(key)
         if raw:
             workers.append(json.loads(raw))
-    names = [*ALL_QUEUES, *(device_queue(q, d) for d in DEVICE_KINDS for q in ALL_QUEUES)]
+    names = every_queue()
     with redis.pipeline(transaction=False) as pipe:
         for name in names:
             for key in queue_keys(name):
@@ -72,11 +75,65 @@ def fleet_status(
         "time": time.time(),
         "workers": sorted(workers, key=lambda w: str(w.get("name"))),
         "queues": queues,
+        "lane_streams": lane_depths(redis),
         "deadletter": int(counts[-1]),
         "in_flight": in_flight(redis, live, visibility_timeout_s=visibility_timeout_s),
         "visibility_timeout_s": visibility_timeout_s,
         "restore_interval_s": restore_interval_s,
     }
+
+
+def lane_depths(redis: Redis) -> dict[str, dict[str, Any]]:
+    """Each online lane stream: entries (``length``), read but unanswered (``pending``, by
+    consumer), not read yet (``waiting``), live consumers (a heartbeat), and the age of the
+    oldest pending request since it was sent, by the Redis server's clock."""
+    seconds, micros = redis.time()
+    now_ms = seconds * 1000 + micros // 1000
+    streams = [(kind, stream) for kind in DEVICE_KINDS for stream in lane_streams(kind)]
+    with redis.pipeline(transaction=False) as pipe:
+        for _, stream in streams:
+            pipe.xlen(stream)
+            pipe.xpending(stream, LANE_GROUP)
+            pipe.xinfo_consumers(stream, LANE_GROUP)
+        replies = pipe.execute(raise_on_error=False)  # NOGROUP: no worker served it yet
+    depths = {}
+    for i, (kind, stream) in enumerate(streams):
+        length, pending, consumers = replies[3 * i : 3 * i + 3]
+        summary = pending if isinstance(pending, dict) else {}
+        names = [_text(c["name"]) for c in consumers] if isinstance(consumers, list) else []
+        oldest = summary.get("min")
+        depths[stream] = {
+            "lane": kind,
+            "high_priority": stream == lane_streams(kind)[0],
+            "length": int(length),
+            "pending": int(summary.get("pending") or 0),
+            "waiting": max(0, int(length) - int(summary.get("pending") or 0)),
+            "pending_by_consumer": {
+                _text(c["name"]): int(c["pending"]) for c in summary.get("consumers") or []
+            },
+            "consumers": live_consumers(redis, kind, names),
+            "oldest_pending_s": (now_ms - _id_ms(oldest)) / 1000 if oldest else None,
+        }
+    return depths
+
+
+def live_consumers(redis: Redis, lane: str, names: list[str]) -> list[str]:
+    """The consumers of a lane's group whose heartbeat is there (the group keeps the dead)."""
+    if not names:
+        return []
+    with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.exists(lane_alive_key(lane, name))
+        alive = pipe.execute()
+    return sorted(name for name, up in zip(names, alive, strict=True) if up)
+
+
+def _id_ms(entry_id: bytes | str) -> int:
+    return int(_text(entry_id).split("-", 1)[0])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def stats_records(

@@ -13,11 +13,10 @@ from shared.connection import redis_url, ssl_options
 from shared.names import (
     ALL_QUEUES,
     APP_NAME,
-    DEVICE_KINDS,
     PRIORITY_SEP,
     PRIORITY_STEPS,
     TASK_QUEUES,
-    device_queue,
+    every_queue,
     transport_priority,
 )
 from shared.settings import Settings, get_settings
@@ -55,7 +54,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         "retry_on_timeout": False,
     }
     # Every queue, plus the device-only ones (infer.cpu, infer.cuda...) that device routing uses.
-    queue_names = [*ALL_QUEUES, *(device_queue(q, d) for d in DEVICE_KINDS for q in ALL_QUEUES)]
+    queue_names = every_queue()
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

@@ -2,12 +2,21 @@
 
 Celery on Redis delivers at least once. The worker counts every delivery of a job id in
 ``deliveries:{id}`` (``delivered``, ``executed``) and, past ``settings.max_deliveries``,
-appends the job to the dead-letter list instead of running it again; the producer reads
-the list, requeues from it, and finds jobs the transport dropped (:func:`orphaned`).
+appends the job to the dead-letter list instead of running it again (the online lane does
+the same past ``lane_max_deliveries``); the producer reads the list, requeues from it
+(:mod:`shared.requeue`), and finds jobs the transport dropped (:func:`orphaned`).
+
+The list is capped by count (``DEADLETTER_MAX``) and by bytes
+(``settings.deadletter_max_bytes``): entries hold payloads, so a storm of large poison jobs
+must not fill Redis. The oldest entries go first; an entry larger than the whole cap on its
+own is kept without its payload (``payload_dropped``: it can be read, not requeued). The
+bytes held are counted in ``deadletter-bytes`` beside the list, by the scripts that add and
+take entries.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterable, Mapping
@@ -18,17 +27,52 @@ from pydantic import BaseModel, Field
 
 from shared.names import (
     KEY_DEADLETTER,
+    KEY_DEADLETTER_BYTES,
     KOMBU_UNACKED,
     KOMBU_UNACKED_INDEX,
-    TASK_QUEUES,
     deliveries_key,
     queue_keys,
     result_key,
 )
+from shared.settings import get_settings
 
 DEADLETTER_MAX = 10_000
 HOLDER = "worker"  # field of deliveries:{id}: the worker that admitted the last delivery
 REASON_DELIVERIES = "delivered {n} times without finishing (max_deliveries={k})"
+LANE_FIELDS = "fields"  # a lane dead letter's request fields (base64), kept for a requeue
+# KEYS: the list, its byte count. ARGV: the entry, the most entries, the most bytes. The
+# count is rebuilt from the list when it is missing; the oldest entries go past either cap.
+APPEND_SCRIPT = """
+local total = tonumber(redis.call('GET', KEYS[2]) or '-1')
+local count = redis.call('LLEN', KEYS[1])
+if count == 0 then total = 0 end
+if total < 0 then
+  total = 0
+  for start = 0, count - 1, 100 do
+    for _, raw in ipairs(redis.call('LRANGE', KEYS[1], start, start + 99)) do
+      total = total + #raw
+    end
+  end
+end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+total = total + #ARGV[1]
+count = count + 1
+local most, cap = tonumber(ARGV[2]), tonumber(ARGV[3])
+while count > 1 and (count > most or total > cap) do
+  total = total - #redis.call('LPOP', KEYS[1])
+  count = count - 1
+end
+redis.call('SET', KEYS[2], total)
+return total
+"""
+# KEYS: the list, its byte count. ARGV: one entry as stored. 1 if this call removed it.
+TAKE_SCRIPT = """
+local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
+if removed > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('DECRBY', KEYS[2], #ARGV[1])
+end
+return removed
+"""
 
 __all__ = [
     "DeadLetter",
@@ -36,9 +80,11 @@ __all__ = [
     "delivery_counts",
     "entry_for",
     "in_flight",
+    "keep_fields",
     "list_dead_letters",
     "orphaned",
-    "requeue",
+    "restore_fields",
+    "take",
 ]
 
 
@@ -52,12 +98,25 @@ class DeadLetter(BaseModel):
     deliveries: int
     time: float = Field(default_factory=time.time)
     worker: str | None = None
+    queue: str | None = None  # the queue it was delivered from (a device queue: infer.cuda)
+    priority: int | None = None  # the transport priority it was sent with (0 = most urgent)
+    payload_dropped: bool = False  # over deadletter_max_bytes alone: kept without its args
 
 
 def entry_for(
-    job_id: str, task: str, args: Any, deliveries: int, limit: int, worker: str
+    job_id: str,
+    task: str,
+    args: Any,
+    deliveries: int,
+    limit: int,
+    worker: str,
+    *,
+    delivery_info: Mapping[str, Any] | None = None,
 ) -> DeadLetter:
-    """The dead-letter entry for a job delivered ``deliveries`` times."""
+    """The dead-letter entry for a job delivered ``deliveries`` times. ``delivery_info``
+    (Celery's, of the last delivery) gives the queue and priority a requeue sends it to."""
+    info = delivery_info or {}
+    priority = info.get("priority")
     return DeadLetter(
         job_id=job_id,
         task=task,
@@ -65,6 +124,8 @@ def entry_for(
         reason=REASON_DELIVERIES.format(n=deliveries - 1, k=limit),
         deliveries=deliveries,
         worker=worker,
+        queue=info.get("routing_key") or None,
+        priority=int(priority) if priority is not None else None,
     )
 
 
@@ -79,12 +140,27 @@ def delivery_counts(client: redis.Redis, job_id: str) -> dict[str, int]:
     return counts
 
 
-def dead_letter(client: redis.Redis, entry: DeadLetter) -> None:
-    """Append an entry to the dead-letter list (capped so a storm cannot fill Redis)."""
-    with client.pipeline(transaction=True) as pipe:
-        pipe.rpush(KEY_DEADLETTER, entry.model_dump_json())
-        pipe.ltrim(KEY_DEADLETTER, -DEADLETTER_MAX, -1)
-        pipe.execute()
+def dead_letter(client: redis.Redis, entry: DeadLetter, *, max_bytes: int | None = None) -> int:
+    """Append an entry to the dead-letter list, dropping the oldest past ``DEADLETTER_MAX``
+    entries or ``max_bytes`` (``settings.deadletter_max_bytes`` by default); the bytes the
+    list holds after. An entry over ``max_bytes`` on its own is kept without its payload."""
+    cap = get_settings().deadletter_max_bytes if max_bytes is None else max_bytes
+    raw = entry.model_dump_json()
+    if len(raw.encode()) > cap:
+        raw = entry.model_copy(update={"args": [], "payload_dropped": True}).model_dump_json()
+    return append_raw(client, raw, cap)
+
+
+def append_raw(client: redis.Redis, raw: str | bytes, max_bytes: int) -> int:
+    """Append one entry as stored (a requeue that could not send puts it back this way)."""
+    keys = (KEY_DEADLETTER, KEY_DEADLETTER_BYTES)
+    return int(client.eval(APPEND_SCRIPT, 2, *keys, raw, DEADLETTER_MAX, max_bytes))
+
+
+def take(client: redis.Redis, raw: bytes | str) -> bool:
+    """Remove one entry (as stored) from the list; False if another caller took it first."""
+    keys = (KEY_DEADLETTER, KEY_DEADLETTER_BYTES)
+    return bool(client.eval(TAKE_SCRIPT, 2, *keys, raw))
 
 
 def list_dead_letters(client: redis.Redis) -> list[DeadLetter]:
@@ -96,35 +172,6 @@ def list_dead_letters(client: redis.Redis) -> list[DeadLetter]:
         except ValueError:
             continue
     return entries
-
-
-def requeue(client: redis.Redis, app: Any, job_ids: Iterable[str] | None = None) -> list[str]:
-    """Send dead-lettered jobs again under their own ids (all of them if ``job_ids`` is None).
-
-    Each entry leaves the list, its delivery count restarts at zero and its failed result
-    is forgotten, so the producer's ``wait`` sees the new run.
-    """
-    wanted = None if job_ids is None else set(job_ids)
-    sent = []
-    for raw in client.lrange(KEY_DEADLETTER, 0, -1):
-        try:
-            entry = DeadLetter.model_validate_json(raw)
-        except ValueError:
-            continue
-        if wanted is not None and entry.job_id not in wanted:
-            continue
-        if not client.lrem(KEY_DEADLETTER, 1, raw):  # type: ignore[arg-type]
-            continue  # another requeue took it first
-        client.delete(deliveries_key(entry.job_id))
-        app.backend.forget(entry.job_id)
-        app.send_task(
-            entry.task,
-            args=entry.args,
-            task_id=entry.job_id,
-            queue=TASK_QUEUES.get(entry.task),
-        )
-        sent.append(entry.job_id)
-    return sent
 
 
 def orphaned(client: redis.Redis, job_ids: Iterable[str], queues: Iterable[str]) -> list[str]:
@@ -197,3 +244,13 @@ def in_flight(
 
 def _text(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def keep_fields(fields: Mapping[bytes, bytes]) -> dict[str, str]:
+    """A lane request's stream fields as JSON-safe text (base64), for its dead letter."""
+    return {name.decode(): base64.b64encode(value).decode() for name, value in fields.items()}
+
+
+def restore_fields(kept: Mapping[str, str]) -> dict[bytes, bytes]:
+    """The stream fields :func:`keep_fields` kept."""
+    return {name.encode(): base64.b64decode(value) for name, value in kept.items()}

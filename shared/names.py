@@ -47,6 +47,7 @@ KEY_STATS: Final = KEY_PREFIX + "stats"  # stream: one record per finished job
 KEY_WORKER: Final = KEY_PREFIX + "worker:"  # worker:{hostname} -> heartbeat record
 KEY_GPU_LEASE: Final = KEY_PREFIX + "gpu-lease:"  # gpu-lease:{uuid} -> worker hostname
 KEY_DEADLETTER: Final = KEY_PREFIX + "deadletter"
+KEY_DEADLETTER_BYTES: Final = KEY_PREFIX + "deadletter-bytes"  # bytes the dead letters hold
 KEY_DELIVERIES: Final = KEY_PREFIX + "deliveries:"  # deliveries:{job_id} -> count
 # Keys Celery and kombu own (their defaults), read by the fleet's reliability code.
 RESULT_PREFIX: Final = "celery-task-meta-"  # celery-task-meta-{id} -> JSON result record
@@ -99,6 +100,11 @@ KEY_INPUT: Final = KEY_PREFIX + "input:"  # input:{id} -> raw tensor bytes of a 
 def device_queue(queue: str, device: str) -> str:
     """The queue only workers on ``device`` (cpu or cuda) consume: ``infer.cuda``."""
     return f"{queue}.{device}"
+
+
+def every_queue() -> list[str]:
+    """Every queue of the fleet: the shared ones, then each device kind's own."""
+    return [*ALL_QUEUES, *(device_queue(q, d) for d in DEVICE_KINDS for q in ALL_QUEUES)]
 
 
 def queues_for(device: str, queues: list[str] | tuple[str, ...]) -> list[str]:

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(
         default=3, ge=1, description="Deliveries before a job goes to the dead-letter list."
     )
+    deadletter_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        gt=0,
+        description="Bytes the dead-letter list may hold (entries carry their payloads); the "
+        "oldest entries go past it, and an entry larger on its own is kept without payload.",
+    )
     restore_interval_s: int = Field(
         default=10,
         ge=1,

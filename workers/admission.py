@@ -116,7 +116,13 @@ def admit(
     if unexplained > settings.max_deliveries:
         client.hincrby(key, "executed", -1)
         entry = entry_for(
-            request.id, request.task, request.args, unexplained, settings.max_deliveries, worker
+            request.id,
+            request.task,
+            request.args,
+            unexplained,
+            settings.max_deliveries,
+            worker,
+            delivery_info=getattr(request, "delivery_info", None),
         )
         dead_letter(client, entry)
         raise DeadLettered(

@@ -8,7 +8,7 @@ on ``settings.metrics_port`` (off when unset). Everything here is a no-op until 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -22,6 +22,7 @@ log = logging.getLogger("torchfleet.metrics")
 LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 JOB_LABELS = ("model", "variant", "device")
+LATENCY_FIELDS = ("queued_ms", "batch_wait_ms", "compute_ms", "total_worker_ms")
 
 
 class _Gauges(Collector):
@@ -55,27 +56,55 @@ class _Gauges(Collector):
             yield memory
 
 
+class PathMetrics:
+    """The latency histograms and failure counter of one way in: Celery jobs (``torchfleet_``)
+    or online lane requests (``torchfleet_lane_``), with the same labels."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str, failures: str, what: str) -> None:
+        histogram = _factory(Histogram, registry)
+        self.queued_ms = histogram(
+            f"{prefix}queue_wait_ms", f"Producer submit to worker start, per {what}.",
+            LATENCY_BUCKETS_MS,
+        )  # fmt: skip
+        self.batch_wait_ms = histogram(
+            f"{prefix}batch_wait_ms", "Time waiting for a micro-batch.", LATENCY_BUCKETS_MS
+        )
+        self.compute_ms = histogram(
+            f"{prefix}compute_ms", "Forward pass of the (micro-)batch.", LATENCY_BUCKETS_MS
+        )
+        self.total_ms = histogram(
+            f"{prefix}worker_total_ms", f"Worker time of one {what}, end to end.",
+            LATENCY_BUCKETS_MS,
+        )  # fmt: skip
+        self.batch_size = histogram(
+            f"{prefix}batch_size", f"Inputs in the forward that served a {what}.", BATCH_BUCKETS
+        )
+        self.failures = Counter(
+            failures, f"Inference {what}s that failed, by error code.", ["code"], registry=registry
+        )
+
+    def children(self, labels: tuple[str, ...]) -> tuple[Any, ...]:
+        """The labelled histograms, in :data:`LATENCY_FIELDS` order, then the batch size."""
+        histograms = (self.queued_ms, self.batch_wait_ms, self.compute_ms, self.total_ms)
+        return (*(h.labels(*labels) for h in histograms), self.batch_size.labels(*labels))
+
+    @staticmethod
+    def observe(children: tuple[Any, ...], latency: Mapping[str, Any], batch: float) -> None:
+        """Record one answer: its latency breakdown (ms) and the batch that served it."""
+        for child, name in zip(children, LATENCY_FIELDS, strict=False):
+            child.observe(float(latency[name]))
+        children[-1].observe(batch)
+
+
 class FleetMetrics:
     """The worker's metrics, in a registry of their own."""
 
     def __init__(self, device: str, cached_bytes: Callable[[], int], gpu: Any = None) -> None:
         self.device = device
         self.registry = CollectorRegistry()
-        histogram = _factory(Histogram, self.registry)
-        self.queued_ms = histogram(
-            "torchfleet_queue_wait_ms", "Producer submit to worker start.", LATENCY_BUCKETS_MS
-        )
-        self.batch_wait_ms = histogram(
-            "torchfleet_batch_wait_ms", "Time waiting for a micro-batch.", LATENCY_BUCKETS_MS
-        )
-        self.compute_ms = histogram(
-            "torchfleet_compute_ms", "Forward pass of the (micro-)batch.", LATENCY_BUCKETS_MS
-        )
-        self.total_ms = histogram(
-            "torchfleet_worker_total_ms", "Worker time of one job, end to end.", LATENCY_BUCKETS_MS
-        )
-        self.batch_size = histogram(
-            "torchfleet_batch_size", "Inputs in the forward that served a job.", BATCH_BUCKETS
+        self.jobs = PathMetrics(self.registry, "torchfleet_", "torchfleet_infer_failures", "job")
+        self.lane = PathMetrics(
+            self.registry, "torchfleet_lane_", "torchfleet_lane_failures", "lane request"
         )
         self.cache_events = {
             event: Counter(
@@ -86,23 +115,28 @@ class FleetMetrics:
             )
             for event, name in (("hit", "hits"), ("miss", "misses"), ("evict", "evictions"))
         }
-        self.failures = Counter(
-            "torchfleet_infer_failures",
-            "Inference jobs that failed, by error code.",
-            ["code"],
-            registry=self.registry,
-        )
         self.registry.register(_Gauges(device, cached_bytes, gpu))
 
     def observe(self, result: InferResult) -> None:
         """Record one answered inference job."""
-        labels = (result.model, result.variant, self.device)
-        latency = result.latency
-        self.queued_ms.labels(*labels).observe(latency.queued_ms)
-        self.batch_wait_ms.labels(*labels).observe(latency.batch_wait_ms)
-        self.compute_ms.labels(*labels).observe(latency.compute_ms)
-        self.total_ms.labels(*labels).observe(latency.total_worker_ms)
-        self.batch_size.labels(*labels).observe(result.batch_size)
+        children = self.jobs.children((result.model, result.variant, self.device))
+        self.jobs.observe(children, result.latency.model_dump(), result.batch_size)
+
+    def observe_lane(self, records: Iterable[Mapping[str, str]]) -> None:
+        """Record a lane batch from its stats records (the same fields as a job's): answers
+        in the latency histograms, refusals in the failure counter by code. A batch's
+        answers share a few label sets: each is looked up once."""
+        labelled: dict[tuple[str, ...], tuple[Any, ...]] = {}
+        for record in records:
+            outcome = record.get("outcome", "error")
+            if outcome != "success":
+                self.lane.failures.labels(outcome).inc()
+                continue
+            labels = (record["model"], record["variant"], self.device)
+            children = labelled.get(labels)
+            if children is None:
+                children = labelled[labels] = self.lane.children(labels)
+            self.lane.observe(children, record, float(record["batch_size"]))
 
     def on_cache_event(self, event: str, _model: object = None) -> None:
         """A listener for :class:`workers.cache.ModelCache`: ``hit``, ``miss`` or ``evict``."""
@@ -111,7 +145,7 @@ class FleetMetrics:
             counter.labels(self.device).inc()
 
     def failed(self, code: str) -> None:
-        self.failures.labels(code).inc()
+        self.jobs.failures.labels(code).inc()
 
 
 def _factory(kind: type[Histogram], registry: CollectorRegistry) -> Callable[..., Histogram]:

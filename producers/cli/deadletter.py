@@ -11,9 +11,12 @@ from rich.table import Table
 
 from producers.cli.common import EXIT_INPUT, console, fail, reported_errors
 from producers.client import Client
-from shared.deadletter import DeadLetter, list_dead_letters, requeue
+from shared.deadletter import DeadLetter, list_dead_letters
+from shared.requeue import requeue
 
-app = typer.Typer(help="Jobs parked after max_deliveries: list them, requeue them.")
+app = typer.Typer(
+    help="Jobs and lane requests parked after max_deliveries: list them, requeue them."
+)
 
 
 def as_rows(entries: list[DeadLetter], now: float) -> list[tuple[str, str, str, str, str]]:
@@ -48,18 +51,26 @@ def requeue_command(
     all_jobs: Annotated[bool, typer.Option("--all", help="Requeue every dead letter.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
-    """Send dead-lettered jobs again under their own ids (their delivery count restarts)."""
+    """Send dead-lettered jobs again under their own ids (their delivery count restarts): a
+    job to the queue and priority it came from, a lane request to its lane's stream.
+    Cancelled jobs stay (the reason is printed): submit them again under a new id."""
     if not job_ids and not all_jobs:
         fail(EXIT_INPUT, "name the job ids to requeue, or pass --all")
     with reported_errors(), Client() as client:
-        sent = requeue(client.redis, client.app, None if all_jobs else job_ids)
-    missing = sorted(set(job_ids or []) - set(sent))
+        done = requeue(
+            client.redis, client.app, None if all_jobs else job_ids, settings=client.settings
+        )
+    missing = sorted(set(job_ids or []) - set(done.requeued) - set(done.refused))
     if as_json:
-        print(json.dumps({"requeued": sent, "not_found": missing}))
+        print(
+            json.dumps({"requeued": done.requeued, "refused": done.refused, "not_found": missing})
+        )
     else:
-        for job_id in sent:
+        for job_id in done.requeued:
             console.print(f"requeued {job_id}")
+        for job_id, why in done.refused.items():
+            console.print(f"[yellow]left in the dead letters: {job_id}: {why}[/yellow]")
         for job_id in missing:
             console.print(f"[yellow]not in the dead letters: {job_id}[/yellow]")
-    if missing:
+    if missing or (done.refused and not all_jobs):
         raise typer.Exit(EXIT_INPUT)

@@ -11,7 +11,9 @@ from producers.demo import run_demo
 
 
 def demo(
-    requests: Annotated[int, typer.Option(help="Inference jobs per variant.")] = 300,
+    requests: Annotated[
+        int, typer.Option(help="Digits per variant, sent as jobs and as lane requests.")
+    ] = 300,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 5,
     embedded: Annotated[bool, typer.Option(help="Always use a throw-away redis-server.")] = False,
     as_json: JsonOpt = False,

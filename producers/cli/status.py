@@ -1,4 +1,5 @@
-"""`torchfleet status`: live workers, queue depths per priority lane, dead letters."""
+"""`torchfleet status`: live workers, queue depths per priority lane, the online lane's
+streams, dead letters."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def add_refs(status: dict[str, Any], refs: dict[str, list[str]]) -> dict[str, An
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
-    """Live workers (device, GPU lease, queues, cached models, jobs), queues, dead letters."""
+    """Live workers (device, GPU lease, queues, cached models, jobs), queues, the online
+    lane's streams, dead letters."""
     with reported_errors(), Client() as client:
         report = add_refs(client.status(), model_refs(client.registry))
     if as_json:
@@ -74,8 +76,38 @@ def render(report: dict[str, Any]) -> None:
             lanes = " ".join(f"{s}:{n}" for s, n in q["lanes"].items())
             queues.add_row(name, str(q["depth"]), lanes)
     console.print(queues)
+    render_lane(report)
     render_in_flight(report)
     console.print(f"dead letters: {report['deadletter']}")
+
+
+def render_lane(report: dict[str, Any]) -> None:
+    """The online lane's streams that have consumers or requests."""
+    streams = {
+        name: s
+        for name, s in report.get("lane_streams", {}).items()
+        if s["length"] or s["consumers"]
+    }
+    if not streams:
+        console.print("online lane: no consumers, no requests")
+        return
+    table = Table(
+        "lane", "stream", "length", "waiting", "pending (by consumer)", "consumers",
+        "oldest pending", title="online lane",
+    )  # fmt: skip
+    for s in streams.values():
+        by = " ".join(f"{c}:{n}" for c, n in s["pending_by_consumer"].items())
+        oldest = s["oldest_pending_s"]
+        table.add_row(
+            s["lane"],
+            "high" if s["high_priority"] else "normal",
+            str(s["length"]),
+            str(s["waiting"]),
+            f"{s['pending']} {by}".strip(),
+            str(len(s["consumers"])),
+            "-" if oldest is None else f"{oldest:.1f}s",
+        )
+    console.print(table)
 
 
 def render_in_flight(report: dict[str, Any]) -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from producers.client import Client
-from shared.deadletter import list_dead_letters, requeue
+from shared.deadletter import list_dead_letters
+from shared.requeue import requeue
 from tests.fleet import recorded
 from tests.integration.chaos_harness import (
     ChaosFleet,
@@ -192,7 +193,7 @@ def test_a_requeued_dead_letter_runs_again_under_its_own_id(fleet: ChaosFleet) -
             job_id=job, task="torchfleet.infer", args=[payload], reason="test", deliveries=4
         ),
     )
-    assert requeue(fleet.client.redis, fleet.client.app, [job]) == [job]
+    assert requeue(fleet.client.redis, fleet.client.app, [job]).requeued == [job]
     state = drain(fleet.client, [job], WAIT_S)[job]
     assert state.status == "SUCCESS" and state.result is not None
     assert state.result["worker"] == worker.name

@@ -41,7 +41,7 @@ def test_deadletter_list_and_requeue_run_the_job_again_under_its_id(
 
     requeued = torchfleet(fleet_env, "deadletter", "requeue", job_id, "--json")
     assert requeued.returncode == 0, requeued.stderr
-    assert json.loads(requeued.stdout) == {"requeued": [job_id], "not_found": []}
+    assert json.loads(requeued.stdout) == {"requeued": [job_id], "refused": {}, "not_found": []}
     result = client.wait(job_id, timeout=120)
     assert result["model"] == model and result["worker"] == worker.name
     assert all(e.job_id != job_id for e in list_dead_letters(client.redis))
@@ -51,7 +51,7 @@ def test_deadletter_list_and_requeue_run_the_job_again_under_its_id(
 def test_deadletter_requeue_of_an_unknown_id_says_so(fleet_env: dict[str, str]) -> None:
     done = torchfleet(fleet_env, "deadletter", "requeue", "no-such-job", "--json")
     assert done.returncode == 2
-    assert json.loads(done.stdout) == {"requeued": [], "not_found": ["no-such-job"]}
+    assert json.loads(done.stdout) == {"requeued": [], "refused": {}, "not_found": ["no-such-job"]}
 
 
 def test_deadletter_requeue_needs_ids_or_all(fleet_env: dict[str, str]) -> None:

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 import redis
 
-from shared.deadletter import DeadLetter, dead_letter, delivery_counts, list_dead_letters, requeue
+from shared.deadletter import DeadLetter, dead_letter, delivery_counts, list_dead_letters
 from shared.errors import DeadLettered, InvalidJob
 from shared.names import KEY_DEADLETTER
 from shared.names import KOMBU_UNACKED_INDEX as UNACKED_INDEX_KEY
+from shared.requeue import requeue
 from shared.settings import Settings
 from workers.admission import admit, check_payload
 from workers.faults import is_fatal_device_error
@@ -186,14 +187,14 @@ def test_requeue_sends_the_chosen_entries_again_and_resets_their_count(
         )
         redis_client.hset(f"torchfleet:deliveries:{job_id}", "delivered", 4)
     app = FakeApp()
-    assert requeue(redis_client, app, ["b", "zzz"]) == ["b"]
+    assert requeue(redis_client, app, ["b", "zzz"]).requeued == ["b"]
     assert app.sent == [
         {"name": "torchfleet.train", "args": [{"k": "b"}], "task_id": "b", "queue": "train"}
     ]
     assert app.forgotten == ["b"]
     assert delivery_counts(redis_client, "b")["delivered"] == 0
     assert [e.job_id for e in list_dead_letters(redis_client)] == ["a"]
-    assert requeue(redis_client, app, None) == ["a"]
+    assert requeue(redis_client, app, None).requeued == ["a"]
     assert list_dead_letters(redis_client) == []
 
 

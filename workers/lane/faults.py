@@ -7,8 +7,8 @@ from typing import Any
 
 import redis
 
-from shared.deadletter import DeadLetter, dead_letter
-from shared.lane import F_DATA, F_DTYPE, F_MODEL, F_SHAPE
+from shared.deadletter import LANE_FIELDS, DeadLetter, dead_letter, keep_fields
+from shared.lane import F_DATA, F_DTYPE, F_MODEL, F_SHAPE, reply_address
 from shared.names import TASK_LANE
 from workers.faults import is_fatal_device_error, request_replacement
 from workers.lane.batch import Entry
@@ -18,7 +18,7 @@ def dead_letter_request(
     client: redis.Redis | Any, *, request: dict[str, Any], reason: str, deliveries: int, worker: str
 ) -> None:
     """Park a lane request in the dead-letter list. ``request`` describes it (stream, entry,
-    id, model, dtype, shape, size); the tensor bytes are not kept."""
+    id, model, dtype, shape, size, and the fields a requeue sends again)."""
     entry = DeadLetter(
         job_id=str(request.get("id") or request.get("entry")),
         task=TASK_LANE,
@@ -41,14 +41,15 @@ def replace_worker() -> None:
 
 
 def describe_entry(entry: Entry, request_id: str | None) -> dict[str, Any]:
-    """A dead letter's description of a lane entry (its tensor bytes left out)."""
+    """A dead letter's description of a lane entry. Its fields (tensor bytes included) are
+    kept for `torchfleet deadletter requeue` when it has a reply address to answer."""
     fields = entry.fields
 
     def text(name: bytes) -> str | None:
         value = fields.get(name)
         return value.decode(errors="replace")[:200] if value is not None else None
 
-    return {
+    described: dict[str, Any] = {
         "lane": entry.stream,
         "entry": entry.entry_id.decode(),
         "id": request_id,
@@ -57,3 +58,6 @@ def describe_entry(entry: Entry, request_id: str | None) -> dict[str, Any]:
         "shape": text(F_SHAPE),
         "bytes": len(fields.get(F_DATA, b"")),
     }
+    if request_id is not None and reply_address(fields)[1] is not None:
+        described[LANE_FIELDS] = keep_fields(fields)
+    return described

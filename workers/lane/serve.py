@@ -19,6 +19,7 @@ from shared.jobs import ModelRef
 from shared.lane import encode_error, encode_result_json, result_meta_json
 from shared.registry import Resolved
 from shared.stats import stats_entry
+from workers import metrics
 from workers.batching import timed_forward
 from workers.cache import LoadedModel
 from workers.devices import describe
@@ -88,6 +89,9 @@ def serve_batch(
         _refuse(rt, item, served, lane)
     for record in served.records:
         rt.count(f"lane_{record['outcome']}")
+    fleet = metrics.current()  # Prometheus, when the worker serves it
+    if fleet is not None:
+        fleet.observe_lane(served.records)
     return served
 
 
