@@ -1,7 +1,8 @@
 """Lost and dead jobs, torch-free: delivery counts, the dead-letter list, orphan finding.
 
 Celery on Redis delivers at least once. The worker counts every delivery of a job id in
-``deliveries:{id}`` (``delivered``, ``executed``) and, past ``settings.max_deliveries``,
+``deliveries:{id}`` (``delivered``, ``executed``, and ``crashes``: the deliveries a worker
+died under, see ``workers/admission.py``) and, past ``settings.max_deliveries`` crashes,
 appends the job to the dead-letter list instead of running it again; the producer reads
 the list, requeues from it, and finds jobs the transport dropped (:func:`orphaned`).
 """
@@ -28,10 +29,12 @@ from shared.names import (
 
 DEADLETTER_MAX = 10_000
 HOLDER = "worker"  # field of deliveries:{id}: the worker that admitted the last delivery
+CRASHES = "crashes"  # field of deliveries:{id}: deliveries whose worker died running the job
 REASON_DELIVERIES = "delivered {n} times without finishing (max_deliveries={k})"
 
 __all__ = [
     "DeadLetter",
+    "crash_count",
     "dead_letter",
     "delivery_counts",
     "entry_for",
@@ -77,6 +80,11 @@ def delivery_counts(client: redis.Redis, job_id: str) -> dict[str, int]:
         if name in counts:
             counts[name] = int(value)
     return counts
+
+
+def crash_count(client: redis.Redis, job_id: str) -> int:
+    """Deliveries of a job whose worker died while running it (0 if none)."""
+    return int(client.hget(deliveries_key(job_id), CRASHES) or 0)
 
 
 def dead_letter(client: redis.Redis, entry: DeadLetter) -> None:
