@@ -17,6 +17,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel, Field
 
+from shared.clock import server_time
 from shared.names import (
     KEY_DEADLETTER,
     KOMBU_UNACKED,
@@ -173,8 +174,9 @@ def in_flight(
     (``deliveries:{id}``). A job is ``worker_gone`` when that holder has no heartbeat, or when
     nobody claims it and it went unrenewed for half the timeout (the keeper renews every
     quarter); ``returns_in_s`` is then when kombu's next sweep after the timeout restores it.
+    Ages are read on the Redis server's clock, as the workers write and judge them.
     """
-    now = time.time() if now is None else now
+    now = server_time(client) if now is None else now
     claimed = {job: worker for worker, jobs in live.items() for job in jobs}
     scores: Any = client.zrange(KOMBU_UNACKED_INDEX, 0, -1, withscores=True)
     renewed = {tag: float(score) for tag, score in scores}

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         description="How long a job that lost Redis waits for it (then runs on in place) "
         "before its delivery is given back to the queue.",
     )
+    clock_skew_s: float = Field(
+        default=0.0,
+        description="Fault injection for tests: the host clock a worker's transport reads is "
+        "this many seconds off. Recovery decisions use the Redis server's clock, so they must "
+        "not notice.",
+    )
     restore_interval_s: int = Field(
         default=10,
         ge=1,

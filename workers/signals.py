@@ -3,7 +3,8 @@
 :func:`connect_signals` is called by the worker start path (:mod:`workers.main`), never on
 import. Celery calls the receivers of a signal in the order they were connected:
 
-* ``worker_init``: guard kombu's Redis transport, import the plugins from settings;
+* ``worker_init``: guard kombu's Redis transport and set it on the Redis server's clock,
+  import the plugins from settings;
 * ``worker_ready``: also consume the device's own queues, start the heartbeat and the
   visibility keeper, prepare serving (cache options, metrics, preload list), start the
   online lane's consumer, watch the GPU lease (a worker that loses it steps down), then
@@ -51,9 +52,11 @@ def connect_signals() -> None:
 
 
 def on_init(**_: Any) -> None:
-    """Before the consumer starts: the transport guards and the plugins."""
+    """Before the consumer starts: the transport guards, the server's clock, the plugins."""
+    settings = effective_settings()
     transport.guard_transport()
-    load_plugins(effective_settings().plugins)
+    transport.use_server_clock(redis_client(settings), settings.clock_skew_s)
+    load_plugins(settings.plugins)
 
 
 def on_ready(sender: Any = None, **_: Any) -> None:

@@ -7,6 +7,7 @@ Run under ``make chaos`` (TORCHFLEET_CHAOS=1): each test owns a redis-server and
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -16,10 +17,12 @@ import pytest
 
 from producers.client import Client
 from shared.deadletter import crash_count, list_dead_letters
+from shared.names import KOMBU_UNACKED
 from tests.fleet import until
 from tests.integration.chaos_harness import (
     ChaosFleet,
     chaos_input,
+    counts,
     drain,
     open_fleet,
     register_chaos,
@@ -87,3 +90,47 @@ def test_the_job_beside_a_poison_job_is_not_blamed_for_its_kills(fleet: ChaosFle
         1,
         2,
     )
+
+
+def unacked_tags(fleet: ChaosFleet, job_id: str) -> set[bytes]:
+    """The delivery tags under which kombu holds ``job_id`` as unacknowledged."""
+    tags = set()
+    for tag, raw in fleet.client.redis.hgetall(KOMBU_UNACKED).items():
+        message = json.loads(raw)[0]
+        headers = (json.loads(message) if isinstance(message, str) else message).get("headers")
+        if (headers or {}).get("id") == job_id:
+            tags.add(tag)
+    return tags
+
+
+def test_a_worker_whose_clock_is_a_minute_behind_keeps_its_running_job(
+    tmp_path: Path,
+) -> None:
+    fleet = open_fleet(tmp_path / "skew")  # visibility timeout 3 s, sweeps every second
+    try:
+        model = register_chaos(fleet.settings)
+        fleet.worker(concurrency=1, TORCHFLEET_CLOCK_SKEW_S="-60")
+        held = fleet.client.submit_infer(model, chaos_input(MODE_HOLD), job_id="held")
+        fleet.wait_holding(1, job_id=held)
+        [tag] = unacked_tags(fleet, held)
+        doomed = fleet.worker(concurrency=1)
+        lost = fleet.client.submit_infer(model, chaos_input(MODE_HOLD), job_id="lost")
+        fleet.wait_holding(2, job_id=lost)
+        doomed.kill()
+        fleet.worker(concurrency=2)  # its sweeps judge every unacknowledged job
+        until(
+            lambda: (
+                counts(fleet.client, [lost])[lost]["delivered"] == 2
+                or unacked_tags(fleet, held) != {tag}
+            ),
+            "the dead worker's job to be restored",
+            WAIT_S,
+        )
+        # the sweep that restored the dead worker's job judged the live one too: kept
+        assert unacked_tags(fleet, held) == {tag}, "the live worker's job was restored"
+        assert counts(fleet.client, [held])[held] == {"delivered": 1, "executed": 1}
+        fleet.release()
+        states = drain(fleet.client, [held, lost], WAIT_S)
+        assert all(s.status == "SUCCESS" for s in states.values()), states
+    finally:
+        fleet.close()
