@@ -1,10 +1,12 @@
 """Lost and dead jobs, torch-free: delivery counts, the dead-letter list, orphan finding.
 
 Celery on Redis delivers at least once. The worker counts every delivery of a job id in
-``deliveries:{id}`` (``delivered``, ``executed``) and, past ``settings.max_deliveries``,
-appends the job to the dead-letter list instead of running it again (the online lane does
-the same past ``lane_max_deliveries``); the producer reads the list, requeues from it
-(:mod:`shared.requeue`), and finds jobs the transport dropped (:func:`orphaned`).
+``deliveries:{id}`` (``delivered``, ``executed``, and ``crashes``: the deliveries a worker
+died under, see ``workers/admission.py``) and, past ``settings.max_deliveries`` crashes,
+appends the job to the dead-letter list instead of running it again; the producer reads
+the list, requeues from it, and finds jobs the transport dropped (:func:`orphaned`).
+
+The online lane does the same past ``lane_max_deliveries``; requeue is in :mod:`shared.requeue`.
 
 The list is capped by count (``DEADLETTER_MAX``) and by bytes
 (``settings.deadletter_max_bytes``): entries hold payloads, so a storm of large poison jobs
@@ -25,6 +27,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel, Field
 
+from shared.clock import server_time
 from shared.names import (
     KEY_DEADLETTER,
     KEY_DEADLETTER_BYTES,
@@ -38,6 +41,7 @@ from shared.settings import get_settings
 
 DEADLETTER_MAX = 10_000
 HOLDER = "worker"  # field of deliveries:{id}: the worker that admitted the last delivery
+CRASHES = "crashes"  # field of deliveries:{id}: deliveries whose worker died running the job
 REASON_DELIVERIES = "delivered {n} times without finishing (max_deliveries={k})"
 LANE_FIELDS = "fields"  # a lane dead letter's request fields (base64), kept for a requeue
 # KEYS: the list, its byte count. ARGV: the entry, the most entries, the most bytes. The
@@ -76,6 +80,7 @@ return removed
 
 __all__ = [
     "DeadLetter",
+    "crash_count",
     "dead_letter",
     "delivery_counts",
     "entry_for",
@@ -138,6 +143,11 @@ def delivery_counts(client: redis.Redis, job_id: str) -> dict[str, int]:
         if name in counts:
             counts[name] = int(value)
     return counts
+
+
+def crash_count(client: redis.Redis, job_id: str) -> int:
+    """Deliveries of a job whose worker died while running it (0 if none)."""
+    return int(client.hget(deliveries_key(job_id), CRASHES) or 0)
 
 
 def dead_letter(client: redis.Redis, entry: DeadLetter, *, max_bytes: int | None = None) -> int:
@@ -212,8 +222,9 @@ def in_flight(
     (``deliveries:{id}``). A job is ``worker_gone`` when that holder has no heartbeat, or when
     nobody claims it and it went unrenewed for half the timeout (the keeper renews every
     quarter); ``returns_in_s`` is then when kombu's next sweep after the timeout restores it.
+    Ages are read on the Redis server's clock, as the workers write and judge them.
     """
-    now = time.time() if now is None else now
+    now = server_time(client) if now is None else now
     claimed = {job: worker for worker, jobs in live.items() for job in jobs}
     scores: Any = client.zrange(KOMBU_UNACKED_INDEX, 0, -1, withscores=True)
     renewed = {tag: float(score) for tag, score in scores}

@@ -49,7 +49,28 @@ class Settings(BaseSettings):
         "job is handed to another worker (live workers renew theirs every quarter of it).",
     )
     max_deliveries: int = Field(
-        default=3, ge=1, description="Deliveries before a job goes to the dead-letter list."
+        default=3,
+        ge=1,
+        description="Deliveries a worker died under (the last one while the job ran alone) "
+        "before the job goes to the dead-letter list.",
+    )
+    isolation_wait_s: float = Field(
+        default=60,
+        ge=0,
+        description="How long a job a worker died under waits for its worker to go quiet so "
+        "that it runs alone (past it, it runs beside the others).",
+    )
+    outage_wait_s: float = Field(
+        default=300,
+        ge=0,
+        description="How long a job that lost Redis waits for it (then runs on in place) "
+        "before its delivery is given back to the queue.",
+    )
+    clock_skew_s: float = Field(
+        default=0.0,
+        description="Fault injection for tests: the host clock a worker's transport reads is "
+        "this many seconds off. Recovery decisions use the Redis server's clock, so they must "
+        "not notice.",
     )
     deadletter_max_bytes: int = Field(
         default=64 * 1024 * 1024,

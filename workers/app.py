@@ -4,8 +4,8 @@ A fleet task is a thin shell over a use case; the base class owns what is common
 kind: admission (delivery counts, dead letters, payload limits, a stored answer for a
 redelivery), validation, the deadline, cancellation, retries with backoff, device faults and
 the stats record. Input errors fail at once and are never retried; transient errors are
-retried with exponential backoff; a lost Redis requeues the delivery; an unrecoverable device
-error fails the job and replaces the worker.
+retried with exponential backoff; a job that loses Redis waits for it and runs on in place
+(:mod:`workers.outage`); an unrecoverable device error fails the job and replaces the worker.
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ from shared.stats import append_record, infer_fields, model_of, stats_entry
 from workers.admission import Admission, admit, job_reads
 from workers.context import JobContext, ProgressFn
 from workers.control import JobCancelled, check_deadline, end_cancelled
+from workers.delivery import delivery
 from workers.effects import fenced
 from workers.faults import is_connection_error, is_fatal_device_error, request_replacement
 from workers.heartbeat import poke_heartbeat
+from workers.outage import through_outages
 from workers.runtime import Runtime, get_runtime
 
 app = create_app()
@@ -78,14 +80,14 @@ class FleetTask(Task):
         model = model_of(payload)  # on every record, failures included
         started = time.perf_counter()
         try:
-            admission = self.admit(rt, payload)
-            if admission.stored is not None:  # a redelivery of a finished job: its answer
-                return admission.stored
-            job = validate(payload, kind)
-            check_deadline(job, job_id)
-            if admission.cancelled:
-                raise JobCancelled(f"job {job_id} was cancelled before it started")
-            result = execute(job, rt, self, admission)
+            with delivery(self, rt, payload) as admission:
+                if admission.stored is not None:  # a redelivery of a finished job: its answer
+                    return admission.stored
+                job = validate(payload, kind)
+                check_deadline(job, job_id)
+                if admission.cancelled:
+                    raise JobCancelled(f"job {job_id} was cancelled before it started")
+                result = through_outages(rt, job_id, lambda: execute(job, rt, self, admission))
         except JobCancelled:
             self.record(rt, job_id, "cancelled", started, model=model)
             if kind == "train":  # nothing will resume it: free the checkpoint
@@ -116,13 +118,16 @@ class FleetTask(Task):
         self.record(rt, job_id, "success", started, **extra)
         return result
 
-    def admit(self, rt: Runtime, payload: Any) -> Admission:
+    def admit(
+        self, rt: Runtime, payload: Any, *, token: str | None = None, mark: bool = True
+    ) -> Admission:
         """This delivery's admission, reading what the job needs in the same round trip."""
         job_id = self.request.id
         return admit(
             rt.client, rt.settings, self.request, rt.worker, payload,
             result_key=self.backend.get_key_for_task(job_id),
             reads=job_reads(payload, job_id, self.kind, rt.settings.max_payload_bytes),
+            token=token, mark=mark,
         )  # fmt: skip
 
     def retry_later(self, error: TransientError) -> NoReturn:
@@ -132,9 +137,10 @@ class FleetTask(Task):
         ) from error
 
     def is_fault(self, rt: Runtime, error: Exception) -> bool:
-        """Not the job's fault: a lost Redis requeues the delivery (raises ``Reject``); an
-        unrecoverable device error asks for a new worker process and returns True."""
-        if is_connection_error(error):  # Redis went away mid-job: run it again
+        """Not the job's fault: a Redis that stayed away (``through_outages`` waited for it)
+        requeues the delivery (raises ``Reject``); an unrecoverable device error asks for a
+        new worker process and returns True."""
+        if is_connection_error(error):  # Redis went away mid-job and did not come back
             raise Reject(error, requeue=True) from error
         if not is_fatal_device_error(error):
             return False

@@ -1,67 +1,21 @@
 """Pinning a worker to one device; several workers share a host's GPUs through Redis leases.
 
 A worker started with ``--device cuda`` walks the host's GPUs and claims the first whose
-lease key (``torchfleet:gpu-lease:{uuid}``) it can SET NX with a TTL; a heartbeat renews it,
-and the worker deletes it on exit. ``cuda:N`` pins explicitly. Nothing here touches CUDA
-until the worker process itself calls :func:`select_device`, which happens after any fork.
+lease key (``torchfleet:gpu-lease:{uuid}``) it can SET NX with a TTL; a thread renews it
+(:mod:`workers.lease`), and the worker deletes it on exit. ``cuda:N`` pins explicitly.
+Nothing here touches CUDA until the worker process itself calls :func:`select_device`,
+which happens after any fork.
 """
 
 from __future__ import annotations
-
-import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import redis
 import torch
 
 from shared.errors import InvalidJob, ResourceExhausted
-from shared.names import lease_key
+from workers.lease import RENEW_IF_OWNER, GpuLease, claim_gpu
 
-RELEASE_IF_OWNER = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
-RENEW_IF_OWNER = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-
-@dataclass
-class GpuLease:
-    """A claimed GPU: renewed by a daemon thread until :meth:`release`."""
-
-    client: redis.Redis
-    uuid: str
-    index: int
-    owner: str
-    ttl_s: int
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def key(self) -> str:
-        return lease_key(self.uuid)
-
-    def start_heartbeat(self) -> None:
-        thread = threading.Thread(target=self._beat, name="gpu-lease", daemon=True)
-        thread.start()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.ttl_s / 3):
-            self.client.eval(RENEW_IF_OWNER, 1, self.key, self.owner, self.ttl_s)
-
-    def release(self) -> None:
-        self._stop.set()
-        self.client.eval(RELEASE_IF_OWNER, 1, self.key, self.owner)
-
-
-def claim_gpu(client: redis.Redis, uuids: Sequence[str], owner: str, ttl_s: int) -> GpuLease | None:
-    """Claim the first GPU nobody holds; None when every one is taken."""
-    for index, uuid in enumerate(uuids):
-        if client.set(lease_key(uuid), owner, nx=True, ex=ttl_s):
-            return GpuLease(client=client, uuid=uuid, index=index, owner=owner, ttl_s=ttl_s)
-    return None
+__all__ = ["RENEW_IF_OWNER", "GpuLease", "claim_gpu", "describe", "gpu_uuids", "select_device"]
 
 
 def gpu_uuids() -> list[str]:

@@ -36,7 +36,8 @@ def worker_record(rt: Runtime, queues: list[str], started_at: float) -> dict[str
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "device": str(rt.device),
-        "gpu_lease": rt.lease.uuid if rt.lease is not None else None,
+        "gpu_lease": rt.lease.uuid if rt.lease is not None and rt.lease.held else None,
+        "stepped_down": rt.lease.lost if rt.lease is not None else None,  # why, when it did
         "queues": queues,
         "cached": rt.cache.digests(),
         "cache_bytes": rt.cache.used_bytes(),

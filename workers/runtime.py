@@ -22,6 +22,7 @@ from workers.artifacts import ArtifactStore
 from workers.batching import MicroBatcher
 from workers.cache import ModelCache
 from workers.devices import GpuLease, select_device
+from workers.gate import Gate
 from workers.writebehind import WriteBehind
 
 
@@ -38,6 +39,7 @@ class Runtime:
     behind: WriteBehind  # stats records and clean-up, off the jobs' path
     lease: GpuLease | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    gate: Gate = field(default_factory=Gate)  # suspects run alone (workers/delivery.py)
 
     def count(self, outcome: str) -> None:
         self.counters[outcome] = self.counters.get(outcome, 0) + 1

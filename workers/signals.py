@@ -3,10 +3,12 @@
 :func:`connect_signals` is called by the worker start path (:mod:`workers.main`), never on
 import. Celery calls the receivers of a signal in the order they were connected:
 
-* ``worker_init``: guard kombu's Redis transport, import the plugins from settings;
+* ``worker_init``: guard kombu's Redis transport and set it on the Redis server's clock,
+  import the plugins from settings;
 * ``worker_ready``: also consume the device's own queues, start the heartbeat and the
   visibility keeper, prepare serving (cache options, metrics, preload list), start the
-  online lane's consumer, then freeze what is loaded out of the garbage collector's sight;
+  online lane's consumer, watch the GPU lease (a worker that loses it steps down), then
+  freeze what is loaded out of the garbage collector's sight;
 * ``worker_shutdown``: stop the lane's consumer (its last batch answered), the heartbeat
   and the keeper, flush the pending writes and
   release the GPU lease, and exit with the code a device fault asked for.
@@ -18,6 +20,7 @@ import gc
 import importlib
 import logging
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from celery.signals import worker_init, worker_ready, worker_shutdown
@@ -28,7 +31,7 @@ from shared.names import CONTROL_WARM
 from workers import transport
 from workers.control import add_device_queues, consumed_queues, torchfleet_warm
 from workers.faults import exit_with_requested_code
-from workers.heartbeat import start_heartbeat, stop_heartbeat
+from workers.heartbeat import poke_heartbeat, start_heartbeat, stop_heartbeat
 from workers.jobs.serving import prepare_serving
 from workers.lane import start_lane, stop_lane
 from workers.lane.control import register_lane_command
@@ -49,9 +52,11 @@ def connect_signals() -> None:
 
 
 def on_init(**_: Any) -> None:
-    """Before the consumer starts: the transport guards and the plugins."""
+    """Before the consumer starts: the transport guards, the server's clock, the plugins."""
+    settings = effective_settings()
     transport.guard_transport()
-    load_plugins(effective_settings().plugins)
+    transport.use_server_clock(redis_client(settings), settings.clock_skew_s)
+    load_plugins(settings.plugins)
 
 
 def on_ready(sender: Any = None, **_: Any) -> None:
@@ -62,11 +67,23 @@ def on_ready(sender: Any = None, **_: Any) -> None:
     transport.start_keeper(redis_client(rt.settings), rt.settings.visibility_timeout_s)
     prepare_serving(rt)  # cache options, metrics endpoint and cache counters, preload list
     start_lane(rt, sender)  # the online lane's consumer, if this worker serves inference
+    if rt.lease is not None:
+        rt.lease.watch(partial(step_down, sender))
     # Everything loaded so far (torch, Celery, the preloaded models) lives as long as the
     # process: out of the collector's sight, its full collections stop walking it mid-job.
     gc.collect()
     gc.freeze()
     log.info("torchfleet worker %s ready on %s", rt.worker, rt.device)
+
+
+def step_down(consumer: Any, reason: str) -> None:
+    """The GPU lease is lost (another worker has the GPU): take no more jobs from any queue
+    nor the lane; the heartbeat says why (``stepped_down``). Running jobs finish."""
+    for queue in consumed_queues(consumer):
+        consumer.call_soon(consumer.cancel_task_queue, queue)  # on the consumer's own thread
+    stop_lane()
+    log.error("worker stepped down (%s); restart it to claim a free GPU", reason)
+    poke_heartbeat()
 
 
 def on_shutdown(**_: Any) -> None:

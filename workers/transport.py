@@ -3,7 +3,9 @@
 kombu restores any unacknowledged delivery older than the visibility timeout, even one a
 live worker is still running; the keeper refreshes the worker's held deliveries so that only
 a dead worker's jobs come back. The guards close two gaps of the transport when Redis
-restarts under a worker (see :func:`guard_transport`).
+restarts under a worker (see :func:`guard_transport`). Every delivery time, written or
+compared, is read from the Redis server's clock (:func:`use_server_clock`), so hosts whose
+clocks disagree judge a job alike.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from celery.worker import state
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.base import QoS as virtual_qos
 
+from shared.clock import ServerClock, skewed
 from shared.names import KOMBU_UNACKED_INDEX
 
 log = logging.getLogger("torchfleet.worker")
@@ -65,16 +68,35 @@ def held_job_ids() -> list[str]:
     return sorted({str(r.id) for r in held_requests()})
 
 
-def keep_visible(client: redis.Redis, interval_s: float, stop: threading.Event) -> None:
-    """Renew this worker's held deliveries every ``interval_s`` until ``stop`` is set."""
+def keep_visible(
+    client: redis.Redis, interval_s: float, stop: threading.Event, clock: ServerClock
+) -> None:
+    """Renew this worker's held deliveries every ``interval_s`` until ``stop`` is set, at the
+    server's time (the clock's offset measured again each time)."""
     while not stop.wait(interval_s):
         try:
-            renew_visibility(client, held_delivery_tags())
+            clock.sync(client)
+            renew_visibility(client, held_delivery_tags(), clock.now())
         except redis.RedisError:
             log.warning("could not renew job visibility; retrying", exc_info=True)
 
 
 _keeper_stop = threading.Event()
+_clock = ServerClock()
+
+
+def use_server_clock(client: redis.Redis, skew_s: float = 0.0) -> ServerClock:
+    """Worker start: kombu's delivery times (the score it writes when it takes a message and
+    the cut-off of its restore sweeps) and the keeper's read the Redis server's clock.
+    ``skew_s``: this host's clock reads that far off (``settings.clock_skew_s``, for tests)."""
+    global _clock
+    _clock = ServerClock(local=skewed(skew_s))
+    try:
+        _clock.sync(client)
+    except redis.RedisError as e:  # the keeper measures it as soon as Redis answers
+        log.warning("the Redis server's clock is not read yet (%s)", e)
+    kombu_redis.time = _clock.now
+    return _clock
 
 
 def keeper_interval_s(visibility_timeout_s: float) -> float:
@@ -88,7 +110,7 @@ def start_keeper(client: redis.Redis, visibility_timeout_s: float) -> None:
     _keeper_stop.clear()
     threading.Thread(
         target=keep_visible,
-        args=(client, interval, _keeper_stop),
+        args=(client, interval, _keeper_stop, _clock),
         name="visibility-keeper",
         daemon=True,
     ).start()

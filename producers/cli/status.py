@@ -63,7 +63,7 @@ def render(report: dict[str, Any]) -> None:
         workers.add_row(
             w["name"],
             w["device"],
-            (w.get("gpu_lease") or "-")[:12],
+            "LOST: stepped down" if w.get("stepped_down") else (w.get("gpu_lease") or "-")[:12],
             ",".join(w.get("queues", [])),
             "\n".join(cached) or "-",
             jobs,

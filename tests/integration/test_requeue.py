@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from producers.client import Client
-from shared.deadletter import list_dead_letters
+from shared.deadletter import CRASHES, list_dead_letters
 from shared.errors import JobFailed
 from shared.names import (
     LANE_GROUP,
@@ -83,8 +83,9 @@ def test_a_dead_lettered_job_keeps_its_device_queue_and_priority(
 ) -> None:
     model = register_cnn(fleet_settings).name
     job_id = f"routed-{uuid.uuid4().hex[:8]}"
-    # As if delivered max_deliveries times already: the worker's admission parks the next one.
-    client.redis.hset(deliveries_key(job_id), "delivered", fleet_settings.max_deliveries)
+    # As if workers had died under it often enough: the worker's admission parks the next one.
+    crashes = 2 * fleet_settings.max_deliveries  # the cap for a job that never ran alone
+    client.redis.hset(deliveries_key(job_id), CRASHES, crashes)
     client.submit_infer(model, batch(1), job_id=job_id, device="cpu", priority=9)
     with pytest.raises(JobFailed) as caught:
         client.wait(job_id, timeout=WAIT_S)

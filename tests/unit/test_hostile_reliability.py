@@ -11,13 +11,19 @@ from typing import Any
 import pytest
 import redis
 
-from shared.deadletter import DeadLetter, dead_letter, delivery_counts, list_dead_letters
+from shared.deadletter import (
+    DeadLetter,
+    crash_count,
+    dead_letter,
+    delivery_counts,
+    list_dead_letters,
+)
 from shared.errors import DeadLettered, InvalidJob
 from shared.names import KEY_DEADLETTER
 from shared.names import KOMBU_UNACKED_INDEX as UNACKED_INDEX_KEY
 from shared.requeue import requeue
 from shared.settings import Settings
-from workers.admission import admit, check_payload
+from workers.admission import admit, check_payload, mark_running, settle
 from workers.faults import is_fatal_device_error
 from workers.transport import renew_visibility
 
@@ -75,12 +81,14 @@ def test_an_accelerator_error_is_fatal_whatever_its_message() -> None:
 
 
 # ----------------------------------------------------------------- deliveries
-def test_deliveries_are_counted_and_a_job_past_the_limit_is_dead_lettered(
+def test_deliveries_are_counted_and_a_job_that_keeps_killing_its_worker_is_dead_lettered(
     redis_client: redis.Redis,
 ) -> None:
     settings = Settings(max_deliveries=2)
-    for _ in range(2):
-        admit(redis_client, settings, request(), "w1", {"kind": "infer"})
+    admit(redis_client, settings, request(), "w1", {"kind": "infer"})  # its worker dies
+    again = admit(redis_client, settings, request(), "w1", {"kind": "infer"})
+    assert again.suspect and not again.marked  # it runs alone, marked once it starts
+    mark_running(redis_client, "j1", again.token, alone=True, ttl_s=60)  # and dies again
     assert delivery_counts(redis_client, "j1") == {"delivered": 2, "executed": 2}
     with pytest.raises(DeadLettered, match="delivered 2 times"):
         admit(redis_client, settings, request(), "w1", {"kind": "infer"})
@@ -93,11 +101,15 @@ def test_deliveries_are_counted_and_a_job_past_the_limit_is_dead_lettered(
     assert 0 < redis_client.ttl("torchfleet:deliveries:j1") <= settings.result_ttl_s
 
 
-def test_retries_the_job_asked_for_are_not_held_against_it(redis_client: redis.Redis) -> None:
+def test_deliveries_that_ended_are_never_held_against_the_job(redis_client: redis.Redis) -> None:
+    """Retries, rejections, failures: every delivery that ended settles its token."""
     settings = Settings(max_deliveries=1)
     for retries in range(4):
-        admit(redis_client, settings, request(retries=retries), "w1", {})
+        admission = admit(redis_client, settings, request(retries=retries), "w1", {})
+        assert not admission.suspect
+        settle(redis_client, "j1", admission.token)
     assert list_dead_letters(redis_client) == []
+    assert crash_count(redis_client, "j1") == 0
 
 
 def test_an_oversized_payload_is_refused_but_counted_as_delivered(

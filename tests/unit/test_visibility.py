@@ -4,18 +4,26 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
 import redis
 from celery.worker import state
+from kombu.transport import redis as kombu_redis
 from rich.console import Console
 
+from shared.clock import ServerClock, server_time, skewed
 from shared.deadletter import HOLDER, delivery_counts, in_flight
 from shared.names import KOMBU_UNACKED, KOMBU_UNACKED_INDEX, deliveries_key
 from shared.settings import Settings
 from workers.heartbeat import DEFAULT_INTERVAL_S
-from workers.transport import held_delivery_tags, held_job_ids, keeper_interval_s
+from workers.transport import (
+    held_delivery_tags,
+    held_job_ids,
+    keeper_interval_s,
+    use_server_clock,
+)
 
 
 def test_the_default_visibility_timeout_is_seconds_and_the_keeper_renews_well_within_it() -> None:
@@ -94,3 +102,29 @@ def test_status_prints_the_gone_workers_job_and_when_it_comes_back(
 
     out = capsys.readouterr().out
     assert "job-7" in out and "w-dead" in out and "worker gone: back in ~18s" in out
+
+
+# ----------------------------------------------------------------- the server's clock
+def test_a_server_clock_cancels_this_hosts_skew(redis_client: redis.Redis) -> None:
+    clock = ServerClock(local=skewed(-60.0))
+    assert abs(clock.now() - server_time(redis_client)) > 59  # not measured yet
+    clock.sync(redis_client)
+    assert abs(clock.now() - server_time(redis_client)) < 1
+
+
+def test_kombu_and_the_keeper_read_the_servers_clock(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kombu_redis, "time", kombu_redis.time)  # restored after the test
+    clock = use_server_clock(redis_client, skew_s=3600.0)
+    assert abs(kombu_redis.time() - server_time(redis_client)) < 1
+    assert clock.synced
+
+
+def test_in_flight_judges_ages_on_the_servers_clock(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unacked(redis_client, "t1", "fresh-job", renewed=server_time(redis_client) - 1)
+    monkeypatch.setattr(time, "time", lambda: 10_000_000_000.0)  # the caller's clock is off
+    [job] = in_flight(redis_client, {}, visibility_timeout_s=30)
+    assert job["state"] == "running" and job["renewed_s_ago"] < 5
