@@ -123,7 +123,10 @@ def admit(
             f"job {request.id} {entry.reason}; it is in the dead-letter list: inspect it with "
             "`torchfleet deadletter list`, requeue it with `torchfleet deadletter requeue`"
         )
-    return Admission(replies=dict(zip(reads, replies[own:], strict=True)))
+    admission = Admission(replies=dict(zip(reads, replies[own:], strict=True)))
+    if admission.cancelled:  # dropped before it starts: delivered, never executed
+        client.hincrby(key, "executed", -1)
+    return admission
 
 
 def job_reads(payload: Any, job_id: str, kind: str, max_bytes: int) -> dict[str, Read]:
