@@ -16,6 +16,7 @@ from shared.names import (
     DEVICE_KINDS,
     PRIORITY_SEP,
     PRIORITY_STEPS,
+    QUEUE_BENCH,
     TASK_QUEUES,
     device_queue,
     transport_priority,
@@ -55,7 +56,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         "retry_on_timeout": False,
     }
     # Every queue, plus the device-only ones (infer.cpu, infer.cuda...) that device routing uses.
-    queue_names = [*ALL_QUEUES, *(device_queue(q, d) for d in DEVICE_KINDS for q in ALL_QUEUES)]
+    device_queues = (device_queue(q, d) for d in DEVICE_KINDS for q in ALL_QUEUES)
+    queue_names = [*ALL_QUEUES, QUEUE_BENCH, *device_queues]
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
