@@ -117,6 +117,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Checkpoints not saved for this long belong to lost jobs and are swept.",
     )
+    checkpoint_sweep_s: float = Field(
+        default=600,
+        gt=0,
+        description="Seconds between a worker's sweeps for checkpoints nobody will resume "
+        "(jobs failed, dead-lettered or forgotten by Redis); one also runs at start.",
+    )
     # ---------------------------------------------------------------- online lane (issue 12)
     lane: bool = Field(
         default=True, description="Workers whose queues include infer also serve the online lane."
