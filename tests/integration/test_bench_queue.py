@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from producers.bench.plan import Plan
+from producers.bench.run import FleetArms
 from producers.client import Client
 from shared.names import QUEUE_BENCH, TASK_NAIVE_INFER, TASK_NOOP, TASK_QUEUES, queue_keys
 from tests.fleet import WorkerProcess, until
@@ -32,6 +34,10 @@ def test_bench_tasks_never_reach_a_production_worker_only_a_bench_one(
     assert TASK_QUEUES[TASK_NOOP] == TASK_QUEUES[TASK_NAIVE_INFER] == QUEUE_BENCH
     production = until(lambda: queues_of(client, worker.name), "the worker's heartbeat")
     assert QUEUE_BENCH not in production
+    logged: list[str] = []
+    arms = FleetArms(client, None, {}, Plan.quick(), "", logged.append, None)  # type: ignore[arg-type]
+    assert not arms.bench_served()  # `torchfleet bench` on this fleet skips those arms
+    assert "torchfleet worker --bench" in logged[0]
     sent: Any = client.app.send_task(TASK_NOOP, args=[7])
     assert depth(client, QUEUE_BENCH) == 1  # waiting for a bench worker, not on infer
     bench = WorkerProcess(
@@ -41,5 +47,6 @@ def test_bench_tasks_never_reach_a_production_worker_only_a_bench_one(
         bench.wait_ready(client)
         assert sent.get(timeout=WAIT_S) == 7
         assert QUEUE_BENCH in until(lambda: queues_of(client, bench.name), "its heartbeat")
+        assert arms.bench_served()
     finally:
         bench.stop()
