@@ -15,6 +15,7 @@ from shared.names import (
     APP_NAME,
     PRIORITY_SEP,
     PRIORITY_STEPS,
+    QUEUE_BENCH,
     TASK_QUEUES,
     every_queue,
     transport_priority,
@@ -54,7 +55,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         "retry_on_timeout": False,
     }
     # Every queue, plus the device-only ones (infer.cpu, infer.cuda...) that device routing uses.
-    queue_names = every_queue()
+    queue_names = [*every_queue(), QUEUE_BENCH]
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

@@ -12,16 +12,21 @@ from redis.retry import Retry
 
 from shared.settings import Settings
 
+DEFAULT_PORT = 6379
+
 
 def redis_url(settings: Settings) -> str:
-    """The Redis URL with the user and password from settings folded in, if the URL lacks them."""
+    """The Redis URL with the user and password from settings folded in, if the URL lacks
+    them (a user named in the URL is kept: it is an ACL user)."""
     parts = urlparse(settings.redis_url)
     if parts.password or not settings.redis_password:
         return settings.redis_url
-    user = quote(settings.redis_username or "", safe="")
+    user = parts.username or quote(settings.redis_username or "", safe="")  # URL's: quoted
     auth = f"{user}:{quote(settings.redis_password, safe='')}@"
     host = parts.hostname or "127.0.0.1"
-    netloc = f"{auth}{host}:{parts.port or 6379}"
+    if ":" in host:  # an IPv6 address: urlparse took its brackets off
+        host = f"[{host}]"
+    netloc = f"{auth}{host}:{parts.port or DEFAULT_PORT}"
     return urlunparse(parts._replace(netloc=netloc))
 
 

@@ -84,6 +84,13 @@ class DeadLettered(InputError):
     code = "dead_lettered"
 
 
+class RefusedMessage(InputError):
+    """A message the worker would not decode (pickle, another content type, a broken body):
+    its job never ran. Send it again through the client, which sends JSON."""
+
+    code = "refused_message"
+
+
 class DeviceFault(TorchfleetError):
     """An unrecoverable accelerator error: the job fails and the worker process is replaced."""
 

@@ -24,13 +24,16 @@ QUEUE_TRAIN: Final = "train"
 QUEUE_COMPRESS: Final = "compress"
 QUEUE_INFER: Final = "infer"
 ALL_QUEUES: Final = (QUEUE_TRAIN, QUEUE_COMPRESS, QUEUE_INFER)
+# The bench's own tasks (a no-op, the naive inference task): only workers started with
+# `torchfleet worker --bench` consume it, so production traffic never meets them.
+QUEUE_BENCH: Final = "bench"
 
 TASK_QUEUES: Final = {
     TASK_TRAIN: QUEUE_TRAIN,
     TASK_COMPRESS: QUEUE_COMPRESS,
     TASK_INFER: QUEUE_INFER,
-    TASK_NOOP: QUEUE_INFER,
-    TASK_NAIVE_INFER: QUEUE_INFER,
+    TASK_NOOP: QUEUE_BENCH,
+    TASK_NAIVE_INFER: QUEUE_BENCH,
     TASK_PIPELINE: QUEUE_COMPRESS,
     TASK_PIPELINE_TRAIN: QUEUE_TRAIN,
     TASK_PIPELINE_COMPRESS: QUEUE_COMPRESS,

@@ -7,7 +7,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -16,6 +16,9 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_ARTIFACTS = str(Path.home() / ".cache" / "torchfleet" / "artifacts")
 DEFAULT_DATA_ROOT = str(Path.home() / ".cache" / "torchfleet" / "data")
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+# A Redis reachable from other hosts answers AUTH attempts as fast as it is asked: a password
+# shorter than this falls to guessing (`openssl rand -hex 32` gives 64 characters).
+MIN_REMOTE_PASSWORD_CHARS = 16
 # Short is safe: the visibility keeper renews a live worker's jobs (workers/transport.py), so
 # this is how long a dead worker's jobs wait before another worker takes them.
 DEFAULT_VISIBILITY_TIMEOUT_S = 30
@@ -141,6 +144,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Checkpoints not saved for this long belong to lost jobs and are swept.",
     )
+    checkpoint_sweep_s: float = Field(
+        default=600,
+        gt=0,
+        description="Seconds between a worker's sweeps for checkpoints nobody will resume "
+        "(jobs failed, dead-lettered or forgotten by Redis); one also runs at start.",
+    )
     # ---------------------------------------------------------------- online lane (issue 12)
     lane: bool = Field(
         default=True, description="Workers whose queues include infer also serve the online lane."
@@ -215,6 +224,13 @@ class Settings(BaseSettings):
 
     def has_password(self) -> bool:
         return bool(urlparse(self.redis_url).password or self.redis_password)
+
+    def password_source(self) -> tuple[str, str]:
+        """The Redis password in use and the setting it comes from (the URL's wins)."""
+        in_url = urlparse(self.redis_url).password
+        if in_url:
+            return unquote(in_url), "TORCHFLEET_REDIS_URL"
+        return self.redis_password or "", "TORCHFLEET_REDIS_PASSWORD"
 
 
 @lru_cache(maxsize=1)

@@ -181,12 +181,15 @@ def admit(
             f"job {request.id} {entry.reason}; it is in the dead-letter list: inspect it with "
             "`torchfleet deadletter list`, requeue it with `torchfleet deadletter requeue`"
         )
-    return Admission(
+    admission = Admission(
         replies=dict(zip(reads, replies[1:], strict=True)),
         token=token,
         crashes=int(crashes),
         marked=bool(marked),
     )
+    if admission.cancelled:  # dropped before it starts: delivered, never executed
+        client.hincrby(key, "executed", -1)
+    return admission
 
 
 def doomed(crashes: int, last_alone: bool, max_deliveries: int) -> bool:

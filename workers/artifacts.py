@@ -194,20 +194,24 @@ class ArtifactStore:
             return False
         return True
 
-    def sweep_checkpoints(self, max_age_s: float, now: float | None = None) -> list[str]:
-        """Remove checkpoints not saved for ``max_age_s`` (jobs lost for good); their ids.
+    def sweep_checkpoints(
+        self, max_age_s: float, now: float | None = None, ids: list[str] | None = None
+    ) -> list[str]:
+        """Remove checkpoints not saved for ``max_age_s`` (jobs lost for good), among ``ids``
+        (default: every one); their ids.
 
         A live job saves every epoch, so choose ``max_age_s`` well above the longest epoch.
         """
         now = time.time() if now is None else now
         removed = []
-        for job_id in self._checkpoint_ids():
+        for job_id in self.checkpoint_ids() if ids is None else ids:
             saved = self._saved_at(job_id)
             if saved is not None and now - saved > max_age_s and self.discard_checkpoint(job_id):
                 removed.append(job_id)
         return removed
 
-    def _checkpoint_ids(self) -> list[str]:
+    def checkpoint_ids(self) -> list[str]:
+        """The ids every checkpoint in the store is kept under."""
         folder = f"{self.root}/checkpoints"
         try:
             entries = self.fs.ls(folder, detail=False)

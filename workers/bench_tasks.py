@@ -1,7 +1,9 @@
-"""The `naive` arm of `torchfleet bench`: the inference task a user writes first.
+"""The bench's own tasks, on a queue only workers started with ``--bench`` consume.
 
-It loads the model from the store on every request (no cache, no batching, no warm-up), so
-the benchmark can show what the fleet's serving path buys. Never route real traffic to it.
+``naive_infer`` is the `naive` arm of `torchfleet bench`: the inference task a user writes
+first. It loads the model from the store on every request (no cache, no batching, no
+warm-up), so the benchmark can show what the fleet's serving path buys. ``noop`` does
+nothing: its round trip is the queue's own cost.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 import torch
 
 from shared.jobs import InferJob
-from shared.names import TASK_NAIVE_INFER
+from shared.names import TASK_NAIVE_INFER, TASK_NOOP
 from workers.app import app
 from workers.inference import decode_inputs
 from workers.modelio import build_module
@@ -30,3 +32,9 @@ def naive_infer(payload: dict[str, Any]) -> dict[str, Any]:
     with torch.no_grad():
         labels = module(batch).argmax(1).tolist()
     return {"model_digest": resolved.record.digest, "labels": labels}
+
+
+@app.task(name=TASK_NOOP)
+def noop(payload: Any = None) -> Any:
+    """Does nothing: its round trip is the queue's own cost."""
+    return payload

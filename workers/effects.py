@@ -11,7 +11,6 @@ calls after the result is stored, and a failure to drop it is logged, never a jo
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +22,6 @@ from workers.context import ProgressFn
 from workers.runtime import get_runtime
 
 CHECK_INTERVAL_S = 0.5
-log = logging.getLogger(__name__)
 
 
 def fenced(
@@ -54,14 +52,10 @@ def checkpoint_id(task_id: str) -> str:
 
 class DropsCheckpoint(Task):
     """Mixin of the fleet tasks that checkpoint (put before :class:`FleetTask` in the bases):
-    the checkpoint goes once the result is stored, and the checkpoints of lost jobs older
-    than ``settings.checkpoint_ttl_s`` are swept with it."""
+    the checkpoint goes once the result is stored (what other ends leave behind, the
+    checkpoint sweeper removes: :mod:`workers.sweeper`)."""
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         super().on_success(retval, task_id, args, kwargs)
         rt = get_runtime()
         rt.store.discard_checkpoint(checkpoint_id(task_id))
-        try:
-            rt.store.sweep_checkpoints(rt.settings.checkpoint_ttl_s)
-        except Exception:  # a clean-up never fails a job whose answer is already stored
-            log.warning("the sweep of old checkpoints failed", exc_info=True)

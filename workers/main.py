@@ -13,9 +13,10 @@ from typing import Any
 from celery.apps.worker import Worker
 
 from shared.errors import InvalidJob
-from shared.settings import Settings
+from shared.settings import MIN_REMOTE_PASSWORD_CHARS, Settings
 from workers import bench_tasks, chain, groups, tasks
 from workers.app import app
+from workers.refusals import RefusingConsumer
 from workers.runtime import Runtime, configure, effective_settings, start_runtime
 from workers.signals import connect_signals
 
@@ -23,13 +24,22 @@ TASK_MODULES = (tasks, chain, groups, bench_tasks)  # imported for their task de
 
 
 def check_security(settings: Settings) -> None:
-    """Refuse a non-loopback Redis without a password unless explicitly allowed."""
-    if settings.is_loopback() or settings.has_password() or settings.allow_insecure_redis:
+    """Refuse a non-loopback Redis without a password, or with a short one, unless
+    explicitly allowed."""
+    if settings.is_loopback() or settings.allow_insecure_redis:
         return
-    raise InvalidJob(
-        "refusing to start: Redis at a non-loopback address with no password. Set "
-        "TORCHFLEET_REDIS_PASSWORD (or put it in the URL), or TORCHFLEET_ALLOW_INSECURE_REDIS=1"
-    )
+    if not settings.has_password():
+        raise InvalidJob(
+            "refusing to start: Redis at a non-loopback address with no password. Set "
+            "TORCHFLEET_REDIS_PASSWORD (or put it in the URL), or TORCHFLEET_ALLOW_INSECURE_REDIS=1"
+        )
+    password, setting = settings.password_source()
+    if len(password) < MIN_REMOTE_PASSWORD_CHARS:
+        raise InvalidJob(
+            f"refusing to start: the Redis password in {setting} has {len(password)} "
+            f"characters; a non-loopback Redis needs at least {MIN_REMOTE_PASSWORD_CHARS} "
+            "(`openssl rand -hex 32` makes one), or TORCHFLEET_ALLOW_INSECURE_REDIS=1"
+        )
 
 
 def prepare_worker(hostname: str, **overrides: Any) -> Runtime:
@@ -56,5 +66,6 @@ class FleetWorker(Worker):
 def run_worker(argv: Sequence[str]) -> None:
     """Connect the lifecycle hooks and run the Celery worker with ``argv``."""
     connect_signals()
+    app.conf.worker_consumer = RefusingConsumer  # refused messages get a FAILURE result
     app.__dict__["Worker"] = app.subclass_with_self(FleetWorker)  # a cached property's slot
     app.worker_main(list(argv))

@@ -7,10 +7,10 @@ import. Celery calls the receivers of a signal in the order they were connected:
   import the plugins from settings;
 * ``worker_ready``: also consume the device's own queues, start the heartbeat and the
   visibility keeper, prepare serving (cache options, metrics, preload list), start the
-  online lane's consumer, watch the GPU lease (a worker that loses it steps down), then
-  freeze what is loaded out of the garbage collector's sight;
-* ``worker_shutdown``: stop the lane's consumer (its last batch answered), the heartbeat
-  and the keeper, flush the pending writes and
+  online lane's consumer and the checkpoint sweeper, watch the GPU lease (a worker that
+  loses it steps down), then freeze what is loaded out of the garbage collector's sight;
+* ``worker_shutdown``: stop the lane's consumer (its last batch answered), the keeper, the
+  sweeper and the heartbeat, flush the pending writes and
   release the GPU lease, and exit with the code a device fault asked for.
 """
 
@@ -36,6 +36,7 @@ from workers.jobs.serving import prepare_serving
 from workers.lane import start_lane, stop_lane
 from workers.lane.control import register_lane_command
 from workers.runtime import effective_settings, get_runtime, stop_runtime
+from workers.sweeper import start_sweeper, stop_sweeper
 
 log = logging.getLogger("torchfleet.worker")
 
@@ -67,6 +68,7 @@ def on_ready(sender: Any = None, **_: Any) -> None:
     transport.start_keeper(redis_client(rt.settings), rt.settings.visibility_timeout_s)
     prepare_serving(rt)  # cache options, metrics endpoint and cache counters, preload list
     start_lane(rt, sender)  # the online lane's consumer, if this worker serves inference
+    start_sweeper(rt)  # checkpoints nobody will resume: now, then periodically
     if rt.lease is not None:
         rt.lease.watch(partial(step_down, sender))
     # Everything loaded so far (torch, Celery, the preloaded models) lives as long as the
@@ -90,6 +92,7 @@ def on_shutdown(**_: Any) -> None:
     """Stop the threads, do the pending writes, release the lease, exit with the asked code."""
     stop_lane()  # its last batch answered before the runtime's writes are flushed
     transport.stop_keeper()
+    stop_sweeper()
     stop_heartbeat()
     stop_runtime()
     exit_with_requested_code()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.jobs import CompressJob, InferJob, TrainJob
-from shared.names import TASK_COMPRESS, TASK_INFER, TASK_NOOP, TASK_TRAIN, input_key
+from shared.names import TASK_COMPRESS, TASK_INFER, TASK_TRAIN, input_key
 from workers.admission import Admission
 from workers.app import FleetTask, app
 from workers.effects import DropsCheckpoint
@@ -62,9 +62,3 @@ def train(self: FleetTask, payload: Any) -> dict[str, Any]:
 @app.task(name=TASK_COMPRESS, bind=True, base=FleetTask, kind="compress")
 def compress(self: FleetTask, payload: Any) -> dict[str, Any]:
     return self.run_job(payload, _compress)
-
-
-@app.task(name=TASK_NOOP)
-def noop(payload: Any = None) -> Any:
-    """Does nothing: its round trip is the queue's own cost, for `torchfleet bench`."""
-    return payload

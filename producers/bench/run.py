@@ -30,8 +30,9 @@ from producers.bench.plan import (
 from producers.bench.ratios import bars, ratios
 from producers.client import Client
 from producers.encoding import encode_array
+from producers.ops import live_queues
 from shared.jobs import InferJob
-from shared.names import TASK_NAIVE_INFER, TASK_NOOP
+from shared.names import QUEUE_BENCH, TASK_NAIVE_INFER, TASK_NOOP
 from shared.settings import Settings
 
 Log = Callable[[str], None]
@@ -172,11 +173,9 @@ class FleetArms:
         """The arms in the order that keeps each comparison close in time."""
         client, plan, log = self.client, self.plan, self.log
         # The fleet arms hand arrays to the client, as a user would: it picks the transport
-        # (inline base64 or stored raw bytes). The naive task gets the job inline.
+        # (inline base64 or stored raw bytes).
         single = sample_inputs(1, list(INPUT_SHAPE))
         big = sample_inputs(BIG_JOB, list(INPUT_SHAPE))
-        inline = encode_array(single)
-        naive = [InferJob(model=ref, inputs=inline).model_dump(mode="json", exclude_none=True)]
         rows: list[Row] = []
         worker = None
         if spawn:
@@ -184,21 +183,8 @@ class FleetArms:
             worker, cold = self.cold_start(arch, ref, single)
             rows.append(cold)
         try:
-            noop = task_call(client, TASK_NOOP, [None])
-            if with_noop:
-                for p in [p for p in plan.producers if p > 1]:
-                    log(f"celery_noop: {p} producers")
-                    lat, wall = drive(p, plan.jobs, noop, budget_s=plan.budget_s)
-                    rows.append(summarise("celery_noop", "-", p, 1, lat, wall))
-            for p in plan.producers:
-                log(f"naive: {arch}, {p} producers")
-                one = task_call(client, TASK_NAIVE_INFER, naive)
-                lat, wall = drive(p, max(plan.naive_jobs, 2 * p), one, budget_s=plan.budget_s)
-                rows.append(summarise("naive", arch, p, 1, lat, wall))
-            # The queue's own cost right before the fleet's: the host's speed drifts in minutes.
-            log(f"celery_noop: 1 producer, beside {arch}")
-            lat, wall = drive(1, plan.jobs, noop, budget_s=plan.budget_s)
-            rows.append(summarise("celery_noop", "-", 1, 1, lat, wall, beside=arch))
+            if spawn or self.bench_served():
+                rows += self.bench_tasks(arch, ref, single, with_noop=with_noop)
             rows += self.sweep("fleet_batched", arch, ref, single, worker)
             for p in sorted({1, min(4, max(plan.producers))}):
                 log(f"fleet_batched: {arch}, {p} producers of {BIG_JOB}-input jobs")
@@ -220,6 +206,41 @@ class FleetArms:
             rows += self.sweep("lane_unbatched", arch, ref, single, worker, (max(plan.producers),))
         finally:
             worker.stop()
+        return rows
+
+    def bench_served(self) -> bool:
+        """Whether a live worker of the running fleet consumes the bench's queue; says so
+        when none does (its arms are skipped)."""
+        if QUEUE_BENCH in live_queues(self.client.redis):
+            return True
+        self.log(
+            "celery_noop, naive: skipped, no live worker consumes the bench queue "
+            "(start one with `torchfleet worker --bench`)"
+        )
+        return False
+
+    def bench_tasks(self, arch: str, ref: str, single: Any, *, with_noop: bool) -> list[Row]:
+        """The no-op task (its other producer counts once, ``with_noop``), the naive task at
+        each producer count, then the no-op at one producer right before the fleet's arms."""
+        client, plan, log = self.client, self.plan, self.log
+        job = InferJob(model=ref, inputs=encode_array(single))  # the naive task's: inline
+        naive = [job.model_dump(mode="json", exclude_none=True)]
+        rows: list[Row] = []
+        noop = task_call(client, TASK_NOOP, [None])
+        if with_noop:
+            for p in [p for p in plan.producers if p > 1]:
+                log(f"celery_noop: {p} producers")
+                lat, wall = drive(p, plan.jobs, noop, budget_s=plan.budget_s)
+                rows.append(summarise("celery_noop", "-", p, 1, lat, wall))
+        for p in plan.producers:
+            log(f"naive: {arch}, {p} producers")
+            one = task_call(client, TASK_NAIVE_INFER, naive)
+            lat, wall = drive(p, max(plan.naive_jobs, 2 * p), one, budget_s=plan.budget_s)
+            rows.append(summarise("naive", arch, p, 1, lat, wall))
+        # The queue's own cost right before the fleet's: the host's speed drifts in minutes.
+        log(f"celery_noop: 1 producer, beside {arch}")
+        lat, wall = drive(1, plan.jobs, noop, budget_s=plan.budget_s)
+        rows.append(summarise("celery_noop", "-", 1, 1, lat, wall, beside=arch))
         return rows
 
     def sweep(

@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from producers.cli.common import EXIT_INPUT, EXIT_UNREACHABLE, fail
 from shared.errors import InputError, TorchfleetError
-from shared.names import ALL_QUEUES
+from shared.names import ALL_QUEUES, QUEUE_BENCH
 
 
 def worker(
@@ -28,11 +28,20 @@ def worker(
     ] = None,
     batching: Annotated[bool, typer.Option(help="Micro-batch concurrent inference jobs.")] = True,
     loglevel: str = "INFO",
+    bench: Annotated[
+        bool,
+        typer.Option(
+            "--bench",
+            help="Also run the bench's tasks (no-op, naive inference): for benchmarks only.",
+        ),
+    ] = False,
 ) -> None:
     """Start a Celery worker pinned to one device (one process; threads, never forks)."""
     unknown = set(queues.split(",")) - set(ALL_QUEUES)
     if unknown:
         fail(EXIT_INPUT, f"unknown queue(s) {sorted(unknown)}; known: {', '.join(ALL_QUEUES)}")
+    if bench:
+        queues = f"{queues},{QUEUE_BENCH}"
     from workers.main import prepare_worker, run_worker
 
     hostname = name or f"torchfleet-{device.replace(':', '')}-{os.getpid()}@{socket.gethostname()}"

@@ -2,7 +2,8 @@
 
 Each case must come back as a FAILURE with a clear error code and message, and the worker
 must keep serving. Messages the worker cannot even decode (malformed JSON, pickle, nesting
-beyond the parser) are dropped at receipt: never executed, never deserialised, never looping.
+beyond the parser) are refused at receipt: never executed, never deserialised, never looping,
+and answered with a FAILURE under the job id their headers carry.
 Pure-function cases live in tests/unit (test_jobs, test_inference, test_artifacts,
 test_hostile); these prove the same defences hold end to end.
 """
@@ -27,7 +28,7 @@ from producers.encoding import encode_array
 from shared.manifest import Manifest
 from shared.names import TASK_COMPRESS, TASK_INFER, TASK_TRAIN, job_key
 from shared.settings import Settings
-from tests.fleet import WorkerProcess, register_module
+from tests.fleet import WorkerProcess, recorded, register_module
 from workers.artifacts import ArtifactStore, sha256
 from workers.zoo import create_model
 
@@ -267,7 +268,9 @@ def test_a_pickled_checkpoint_is_refused_and_never_runs(
 
 # ----------------------------------------------------------------- undecodable messages
 def publish_raw(client: Client, body: bytes, content_type: str, job_id: str) -> None:
-    """A Celery protocol-2 message with any body, straight through kombu."""
+    """A Celery protocol-2 message with any body, straight through kombu (the job recorded
+    as submitted, unless it already is)."""
+    client.redis.set(job_key(job_id), "job", ex=3600, nx=True)
     headers = {
         "lang": "py", "task": TASK_INFER, "id": job_id, "root_id": job_id, "parent_id": None,
         "group": None, "retries": 0, "eta": None, "expires": None,
@@ -291,32 +294,71 @@ def follow_up_succeeds(client: Client, model: str) -> None:
     assert len(result["predictions"]) == 1
 
 
+def refused(client: Client, job_id: str, pattern: str) -> None:
+    """The refused message's job ended FAILURE, saying why, and its refusal was recorded."""
+    state = client.wait_state(job_id, timeout=WAIT_S)
+    assert (state.status, state.error_code) == ("FAILURE", "refused_message"), state.error
+    assert pattern in (state.error or ""), state.error
+    [record] = [r for r in recorded(client, [job_id]) if r["job_id"] == job_id]
+    assert record["outcome"] == "refused"
+
+
 @pytest.mark.parametrize(
-    ("case", "body", "content_type"),
+    ("case", "body", "content_type", "pattern"),
     [
-        ("malformed-json", b'[["unterminated', "application/json"),
-        ("json-beyond-parser-depth", b"[" * 100_000 + b"]" * 100_000, "application/json"),
-        ("unknown-content-type", b"<job/>", "application/xml"),
+        ("malformed-json", b'[["unterminated', "application/json", "could not be decoded"),
+        (
+            "json-beyond-parser-depth",
+            b"[" * 100_000 + b"]" * 100_000,
+            "application/json",
+            "could not be decoded",
+        ),
+        (
+            "unknown-content-type",
+            b"<job/>",
+            "application/xml",
+            "refused: content type application/xml is not accepted; torchfleet sends JSON",
+        ),
     ],
 )
-def test_an_undecodable_message_is_dropped_and_the_worker_serves_on(
-    case: str, body: bytes, content_type: str, client: Client, worker: WorkerProcess, tiny: str
+def test_an_undecodable_message_is_refused_with_a_result_and_the_worker_serves_on(
+    case: str,
+    body: bytes,
+    content_type: str,
+    pattern: str,
+    client: Client,
+    worker: WorkerProcess,
+    tiny: str,
 ) -> None:
     job_id = f"hostile-raw-{case}-{uuid.uuid4().hex[:6]}"
     publish_raw(client, body, content_type, job_id)
+    refused(client, job_id, pattern)
     follow_up_succeeds(client, tiny)
-    assert client.app.backend.get_task_meta(job_id)["status"] == "PENDING"  # never ran
     assert worker.process is not None and worker.process.poll() is None
 
 
-def test_a_pickle_message_is_rejected_and_never_deserialised(
+def test_a_pickle_message_is_refused_with_a_result_and_never_deserialised(
     client: Client, worker: WorkerProcess, tiny: str, tmp_path: Path
 ) -> None:
     marker = tmp_path / "message-pickle-ran"
     job_id = f"hostile-pickle-{uuid.uuid4().hex[:6]}"
     body = pickle.dumps(((Boom(marker),), {}, {}))
     publish_raw(client, body, "application/x-python-serialize", job_id)
+    refused(
+        client,
+        job_id,
+        "refused: content type application/x-python-serialize is not accepted; "
+        "torchfleet sends JSON",
+    )
     follow_up_succeeds(client, tiny)
     assert not marker.exists()
-    assert client.app.backend.get_task_meta(job_id)["status"] == "PENDING"
-    assert "ContentDisallowed" in worker.log() or "Refusing" in worker.log()
+
+
+def test_a_refused_message_never_overwrites_a_stored_result(
+    client: Client, worker: WorkerProcess, tiny: str
+) -> None:
+    job_id = client.submit(infer(tiny)[1])
+    answer = client.wait(job_id, timeout=WAIT_S)
+    publish_raw(client, b"<job/>", "application/xml", job_id)  # the same id, refused
+    follow_up_succeeds(client, tiny)  # the worker took the bad message before this one
+    assert client.wait(job_id, timeout=WAIT_S) == answer

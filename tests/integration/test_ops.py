@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from producers.client import Client, UnknownJob, read_metas
+from shared.deadletter import delivery_counts
 from shared.settings import Settings
 from tests.fleet import WorkerProcess, recorded, until
 from tests.integration.test_infer import Registered, batch, expected_labels, register_cnn
@@ -320,6 +321,9 @@ def test_a_job_cancelled_while_queued_is_never_run(backlog: Backlog) -> None:
     outcomes = {r["job_id"]: r["outcome"] for r in records}
     assert outcomes[backlog.cancelled] == "cancelled"
     assert outcomes[backlog.expired] == "expired"
+    # delivered to a worker that missed the revoke broadcast, dropped there: not executed
+    counts = delivery_counts(backlog.client.redis, backlog.cancelled)
+    assert counts == {"delivered": 1, "executed": 0}
 
 
 def test_status_counts_queued_jobs_per_lane_and_dead_letters(backlog: Backlog) -> None:

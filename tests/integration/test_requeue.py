@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 
 from producers.client import Client
-from shared.deadletter import CRASHES, list_dead_letters
+from shared.deadletter import list_dead_letters
 from shared.errors import JobFailed
 from shared.names import (
     LANE_GROUP,
     TASK_LANE,
-    deliveries_key,
     lane_stream,
     lane_streams,
     transport_priority,
@@ -28,6 +27,7 @@ from shared.requeue import requeue
 from shared.settings import Settings
 from tests.fleet import WorkerProcess, register_cnn
 from tests.integration.chaos_harness import ChaosFleet, chaos_input, open_fleet, register_chaos
+from tests.integration.deliveries import doom
 from tests.integration.test_cli import torchfleet
 from tests.integration.test_infer import batch
 from tests.integration.test_lane import FAST_RECOVERY, Paused
@@ -83,9 +83,7 @@ def test_a_dead_lettered_job_keeps_its_device_queue_and_priority(
 ) -> None:
     model = register_cnn(fleet_settings).name
     job_id = f"routed-{uuid.uuid4().hex[:8]}"
-    # As if workers had died under it often enough: the worker's admission parks the next one.
-    crashes = 2 * fleet_settings.max_deliveries  # the cap for a job that never ran alone
-    client.redis.hset(deliveries_key(job_id), CRASHES, crashes)
+    doom(client.redis, job_id, fleet_settings.max_deliveries)
     client.submit_infer(model, batch(1), job_id=job_id, device="cpu", priority=9)
     with pytest.raises(JobFailed) as caught:
         client.wait(job_id, timeout=WAIT_S)

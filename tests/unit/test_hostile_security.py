@@ -16,7 +16,7 @@ from redis.retry import Retry
 from shared.celery_app import create_app
 from shared.connection import redis_client
 from shared.embedded import find_redis_server, free_port
-from shared.names import queue_keys
+from shared.names import QUEUE_INFER, TASK_INFER, queue_keys
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,12 +157,21 @@ def test_the_acl_user_and_password_from_settings_open_redis(acl_redis: int) -> N
     client = redis_client(settings)
     assert client.ping()
     app = create_app(settings)
-    app.send_task("torchfleet.noop", args=[1], task_id="acl-job")
-    assert sum(int(client.llen(key)) for key in queue_keys("infer")) == 1
+    app.send_task(TASK_INFER, args=[{}], task_id="acl-job")
+    assert sum(int(client.llen(key)) for key in queue_keys(QUEUE_INFER)) == 1
     app.backend.store_result("acl-job", {"ok": True}, "SUCCESS")
     assert app.backend.get_task_meta("acl-job")["status"] == "SUCCESS"
     app.close()
     client.close()
+
+
+def test_an_acl_user_named_in_the_url_is_kept_beside_the_password_setting(
+    acl_redis: int,
+) -> None:
+    settings = Settings(
+        redis_url=f"redis://{ACL_USER}@127.0.0.1:{acl_redis}/0", redis_password=ACL_PASSWORD
+    )
+    assert redis_client(settings).ping()  # as the ACL user: the default user is off
 
 
 def test_redis_refuses_no_password_and_a_wrong_one(acl_redis: int) -> None:

@@ -122,13 +122,14 @@ class WorkerProcess:
 def bench_worker(
     env: dict[str, str], *, batching: bool, concurrency: int, device: str, log_dir: str
 ) -> WorkerProcess:
-    """A fresh worker on the infer queue for `torchfleet bench`, started (timed from here)."""
+    """A fresh worker on the infer queue and the bench's own for `torchfleet bench`, started
+    (timed from here)."""
     return WorkerProcess(
         env=env,
         log_dir=Path(log_dir),
         queues="infer",
         concurrency=concurrency,
-        extra=["--batching" if batching else "--no-batching"],
+        extra=["--bench", "--batching" if batching else "--no-batching"],
         name=f"bench-{uuid.uuid4().hex[:8]}@localhost",
         device=device,
         loglevel="WARNING",
