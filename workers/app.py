@@ -19,6 +19,7 @@ from celery.exceptions import Ignore, Reject
 from pydantic import ValidationError
 
 from shared.celery_app import create_app
+from shared.connection import is_redis_full
 from shared.errors import (
     DeviceFault,
     InputError,
@@ -34,10 +35,13 @@ from workers.context import JobContext, ProgressFn
 from workers.control import JobCancelled, check_deadline, end_cancelled
 from workers.effects import fenced
 from workers.faults import is_connection_error, is_fatal_device_error, request_replacement
+from workers.footprint import check_result_size, drop_stored_inputs
 from workers.heartbeat import poke_heartbeat
+from workers.redisfull import requeue_when_room, requeued_if_full
+from workers.resultstore import backend_class
 from workers.runtime import Runtime, get_runtime
 
-app = create_app()
+app = create_app(backend_class=backend_class())
 MAX_RETRIES = 5
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 60.0
@@ -86,10 +90,12 @@ class FleetTask(Task):
             if admission.cancelled:
                 raise JobCancelled(f"job {job_id} was cancelled before it started")
             result = execute(job, rt, self, admission)
+            check_result_size(result, rt.settings.max_result_bytes)
         except JobCancelled:
             self.record(rt, job_id, "cancelled", started, model=model)
             if kind == "train":  # nothing will resume it: free the checkpoint
                 rt.store.discard_checkpoint(job_id)
+            drop_stored_inputs(rt.behind, payload, job_id)
             end_cancelled(self)
         except StaleDelivery:  # overtaken by a newer delivery: leave its answer alone
             self.record(rt, job_id, "stale", started)
@@ -127,15 +133,20 @@ class FleetTask(Task):
 
     def retry_later(self, error: TransientError) -> NoReturn:
         """Retry after the backoff for this attempt (at most :data:`MAX_RETRIES` times)."""
-        raise self.retry(
-            exc=error, countdown=backoff_s(self.request.retries), max_retries=MAX_RETRIES
-        ) from error
+        if is_redis_full(error):  # a registry write refused for memory, say
+            requeue_when_room(error)
+        with requeued_if_full():  # a full Redis refuses the retry's message too
+            raise self.retry(
+                exc=error, countdown=backoff_s(self.request.retries), max_retries=MAX_RETRIES
+            ) from error
 
     def is_fault(self, rt: Runtime, error: Exception) -> bool:
         """Not the job's fault: a lost Redis requeues the delivery (raises ``Reject``); an
         unrecoverable device error asks for a new worker process and returns True."""
         if is_connection_error(error):  # Redis went away mid-job: run it again
             raise Reject(error, requeue=True) from error
+        if is_redis_full(error):  # Redis refused a write for memory: run it again later
+            requeue_when_room(error)
         if not is_fatal_device_error(error):
             return False
         request_replacement()  # warm shutdown; the supervisor starts a fresh process

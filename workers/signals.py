@@ -3,12 +3,13 @@
 :func:`connect_signals` is called by the worker start path (:mod:`workers.main`), never on
 import. Celery calls the receivers of a signal in the order they were connected:
 
-* ``worker_init``: guard kombu's Redis transport, import the plugins from settings;
+* ``worker_init``: guard kombu's Redis transport, arm the pause for a full Redis (its probe
+  renews this worker's deliveries before it takes jobs again), import the plugins;
 * ``worker_ready``: also consume the device's own queues, start the heartbeat and the
   visibility keeper, prepare serving (cache options, metrics, preload list), start the
   online lane's consumer, then freeze what is loaded out of the garbage collector's sight;
-* ``worker_shutdown``: stop the lane's consumer (its last batch answered), the heartbeat
-  and the keeper, flush the pending writes and
+* ``worker_shutdown``: stop the lane's consumer (its last batch answered), the heartbeat,
+  the keeper and the memory probe, flush the pending writes and
   release the GPU lease, and exit with the code a device fault asked for.
 """
 
@@ -25,10 +26,10 @@ from celery.worker.control import control_command
 
 from shared.connection import redis_client
 from shared.names import CONTROL_WARM
-from workers import transport
+from workers import redisfull, transport
 from workers.control import add_device_queues, consumed_queues, torchfleet_warm
 from workers.faults import exit_with_requested_code
-from workers.heartbeat import start_heartbeat, stop_heartbeat
+from workers.heartbeat import poke_heartbeat, start_heartbeat, stop_heartbeat
 from workers.jobs.serving import prepare_serving
 from workers.lane import start_lane, stop_lane
 from workers.lane.control import register_lane_command
@@ -49,8 +50,14 @@ def connect_signals() -> None:
 
 
 def on_init(**_: Any) -> None:
-    """Before the consumer starts: the transport guards and the plugins."""
+    """Before the consumer starts: the transport guards, the memory pause and the plugins."""
     transport.guard_transport()
+    rt = get_runtime()
+    redisfull.GUARD.install(
+        rt.client,
+        on_resume=[lambda: transport.renew_visibility(rt.client, transport.held_delivery_tags())],
+        on_change=[poke_heartbeat],
+    )
     load_plugins(effective_settings().plugins)
 
 
@@ -73,6 +80,7 @@ def on_shutdown(**_: Any) -> None:
     """Stop the threads, do the pending writes, release the lease, exit with the asked code."""
     stop_lane()  # its last batch answered before the runtime's writes are flushed
     transport.stop_keeper()
+    redisfull.GUARD.stop()
     stop_heartbeat()
     stop_runtime()
     exit_with_requested_code()
