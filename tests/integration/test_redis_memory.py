@@ -35,7 +35,7 @@ from tests.integration.chaos_harness import (
     register_chaos,
     submit_many,
 )
-from workers.bench.chaos_memory import fill_redis, free_redis
+from workers.bench.chaos_memory import fill_redis, free_redis, run_memory
 from workers.bench.chaos_models import MODE_HOLD
 
 pytestmark = [
@@ -194,3 +194,10 @@ def test_a_full_redis_pauses_the_worker_which_resumes_when_memory_frees(
     after = fleet.client.submit_infer(model, chaos_input(seed=7))
     assert drain(fleet.client, [after], WAIT_S)[after].status == "SUCCESS"
     admin.close()
+
+
+def test_the_chaos_reports_full_redis_check_loses_nothing(tmp_path: Path) -> None:
+    report = run_memory(30, tmp_path, Client)
+    assert (report["jobs_submitted"], report["completed"], report["lost"]) == (30, 30, 0)
+    assert report["jobs_before_full"] == 10 and report["submissions_refused"] >= 3
+    assert (report["workers_alive"], report["workers_crashed"]) == (2, 0)
