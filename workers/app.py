@@ -4,8 +4,8 @@ A fleet task is a thin shell over a use case; the base class owns what is common
 kind: admission (delivery counts, dead letters, payload limits, a stored answer for a
 redelivery), validation, the deadline, cancellation, retries with backoff, device faults and
 the stats record. Input errors fail at once and are never retried; transient errors are
-retried with exponential backoff; a lost Redis requeues the delivery; an unrecoverable device
-error fails the job and replaces the worker.
+retried with exponential backoff; a lost Redis requeues the delivery, and so does a full one
+(after pausing the worker); an unrecoverable device error fails the job and replaces the worker.
 """
 
 from __future__ import annotations
