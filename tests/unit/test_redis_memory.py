@@ -167,10 +167,11 @@ def test_a_write_refused_for_memory_is_waited_out(full_redis: redis.Redis) -> No
     freed.start()
     try:
         assert redisfull.wait_out(lambda: full_redis.set("result", b"42"), "a result")
+        assert guard.wait_for_room(10)  # the probe ends the pause too
     finally:
         freed.join()
         guard.stop()
-    assert full_redis.get("result") == b"42" and not redisfull.paused()
+    assert full_redis.get("result") == b"42"
 
 
 def test_a_full_redis_keeps_a_paused_heartbeat_alive_in_status(full_redis: redis.Redis) -> None:
@@ -179,6 +180,7 @@ def test_a_full_redis_keeps_a_paused_heartbeat_alive_in_status(full_redis: redis
         cache=SimpleNamespace(digests=lambda: [], used_bytes=lambda: 0),
     )  # fmt: skip
     free_redis(full_redis)
+    redisfull.GUARD.install(full_redis, on_resume=[], on_change=[])
     heartbeat = Heartbeat(rt, queues=lambda: ["infer"], interval_s=10)  # type: ignore[arg-type]
     heartbeat.beat()
     [before] = fleet_status(full_redis)["workers"]
@@ -192,5 +194,6 @@ def test_a_full_redis_keeps_a_paused_heartbeat_alive_in_status(full_redis: redis
         heartbeat.beat()  # refused again: the record in place is kept alive
         assert 0 < full_redis.ttl(worker_key("w1")) <= 30
     finally:
-        redisfull.GUARD.stop()
         free_redis(full_redis, unlimited=True)
+        assert redisfull.GUARD.wait_for_room(10)  # resumed: no pause leaks into other tests
+        redisfull.GUARD.stop()
