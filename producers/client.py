@@ -24,11 +24,11 @@ from producers import waiting
 from producers.grouping import GroupJobs
 from producers.lane import LaneClient
 from producers.ops import KIND_QUEUES, fleet_status, stats_records, unserved_queues
-from producers.specs import job_payload, validate_job
+from producers.specs import check_input_bytes, job_payload, stored_bytes, validate_job
 from producers.state import FINISHED, JobState, ProgressFn, UnknownJob, read_metas, state_from_meta
 from producers.waiting import NoWorker, WorkerWatch
 from shared.celery_app import create_app
-from shared.connection import redis_client
+from shared.connection import redis_client, refused_when_full
 from shared.errors import InvalidJob, JobFailed
 from shared.jobrecord import claim_job_id
 from shared.jobs import (
@@ -88,21 +88,35 @@ class Client(GroupJobs):
         ``priority`` (0 normal .. 9 most urgent; an inference job's own field by default) picks
         the lane; a job whose ``device`` is cpu or cuda goes to that device's queue.
         ``stored``: bytes the job refers to by key (large tensors), written with the job's
-        record before its message is sent, and kept as long as results are.
+        record before its message is sent, and deleted when the job ends. A job over
+        ``max_payload_bytes`` raises :class:`InvalidJob`; a full Redis, :class:`RedisFull`.
         """
         model = job if isinstance(job, AnyJob) else validate_job(job)
+        check_input_bytes(stored_bytes(stored), self.settings.max_payload_bytes)
         source = model.source if isinstance(model, PipelineJob | CompressJob) else None
         if source is not None:
             self.registry.resolve(source)  # a missing source model fails here, not later
         job_id, payload = job_id or uuid.uuid4().hex, job_payload(model)
+        with refused_when_full(f"job {job_id}"):
+            self._send(model, job_id, payload, priority, stored)
+        return job_id
+
+    def _send(
+        self,
+        model: AnyJob,
+        job_id: str,
+        payload: dict[str, Any],
+        priority: int | None,
+        stored: Mapping[str, bytes] | None,
+    ) -> None:
         # The id's owner and its job record, then the bytes it refers to: before any worker
         # can see the message.
         claim_job_id(
             self.redis, job_id, payload, self.settings.result_ttl_s, stored, kind=model.kind
         )
-        if stored:
-            self._remember(stored=stored)
         try:
+            if stored:
+                self._remember(stored=stored)
             self.app.send_task(
                 TASK_FOR_KIND[model.kind],
                 args=[payload],
@@ -115,7 +129,6 @@ class Client(GroupJobs):
             with contextlib.suppress(redis.RedisError):
                 self.redis.delete(job_key(job_id), *(stored or {}))
             raise
-        return job_id
 
     def _route(self, model: AnyJob, priority: int | None) -> dict[str, Any]:
         chosen = priority if priority is not None else getattr(model, "priority", 0)
@@ -167,6 +180,7 @@ class Client(GroupJobs):
         try:
             if not is_payload:
                 raw, dtype, shape = tensor_bytes(inputs)
+                check_input_bytes(len(raw), self.settings.max_payload_bytes)
                 key = input_key(job_id) if len(raw) > self.settings.inline_input_bytes else None
                 inputs = tensor_payload(raw, dtype, shape, key=key)
                 if key is not None:

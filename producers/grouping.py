@@ -14,6 +14,7 @@ from celery.canvas import Signature
 
 from producers.specs import job_payload, validate_group
 from producers.state import JobState, UnknownJob, read_metas
+from shared.connection import refused_when_full
 from shared.errors import JobFailed
 from shared.jobs import AnyJob, GroupSummary, InferJob, JobGroup
 from shared.names import KEY_GROUP_SUMMARY, TASK_AGGREGATE, TASK_INFER, group_key
@@ -77,9 +78,10 @@ class GroupJobs:
         group_id = group_id or f"g-{uuid.uuid4().hex}"
         ids = [f"{group_id}-{i}" for i in range(len(group.jobs))]
         record = {"job_ids": ids, "created_at": time.time()}
-        self.redis.set(group_key(group_id), json.dumps(record), ex=self.settings.result_ttl_s)
-        self._remember(*ids, *(aggregate_ids(group_id) if aggregate else ()))
-        self._remember(group_id, kind="group")
+        with refused_when_full(f"group {group_id}"):
+            self.redis.set(group_key(group_id), json.dumps(record), ex=self.settings.result_ttl_s)
+            self._remember(*ids, *(aggregate_ids(group_id) if aggregate else ()))
+            self._remember(group_id, kind="group")
         signatures = [
             self.app.signature(
                 TASK_INFER,

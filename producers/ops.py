@@ -77,6 +77,7 @@ def fleet_status(
         "queues": queues,
         "lane_streams": lane_depths(redis),
         "deadletter": int(counts[-1]),
+        "redis_memory": redis_memory(redis),
         "in_flight": in_flight(redis, live, visibility_timeout_s=visibility_timeout_s),
         "visibility_timeout_s": visibility_timeout_s,
         "restore_interval_s": restore_interval_s,
@@ -134,6 +135,19 @@ def _id_ms(entry_id: bytes | str) -> int:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def redis_memory(redis: Redis) -> dict[str, Any]:
+    """Redis's memory against its ``maxmemory`` (0: no limit). ``full``: used is over the
+    limit, so Redis refuses writes (under ``noeviction``) and workers pause."""
+    info = redis.info("memory")
+    used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+    return {
+        "used_bytes": used,
+        "max_bytes": limit,
+        "policy": str(info.get("maxmemory_policy", "")),
+        "full": bool(limit) and used >= limit,
+    }
 
 
 def stats_records(

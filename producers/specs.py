@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -38,3 +38,18 @@ def validate_group(jobs: Sequence[InferJob | dict[str, Any]]) -> JobGroup:
 def as_dict(job: InferJob | dict[str, Any]) -> dict[str, Any]:
     """A job as the plain dict a group validates."""
     return job.model_dump(mode="json") if isinstance(job, InferJob) else job
+
+
+def check_input_bytes(size: int, max_bytes: int) -> None:
+    """Refuse inputs over ``max_payload_bytes`` here, before anything is written to Redis
+    (workers refuse them too, after they took Redis's memory)."""
+    if size > max_bytes:
+        raise InvalidJob(
+            f"the job's inputs are {size} bytes, over max_payload_bytes={max_bytes}; split "
+            "them over several jobs, or raise TORCHFLEET_MAX_PAYLOAD_BYTES (for the workers too)"
+        )
+
+
+def stored_bytes(stored: Mapping[str, bytes] | None) -> int:
+    """How many bytes a job stores beside its message."""
+    return sum(len(data) for data in (stored or {}).values())

@@ -23,11 +23,15 @@ from shared.names import (
 from shared.settings import Settings, get_settings
 
 
-def create_app(settings: Settings | None = None) -> Celery:
-    """A Celery app configured from settings with the fleet's reliability defaults."""
+def create_app(settings: Settings | None = None, *, backend_class: str | None = None) -> Celery:
+    """A Celery app configured from settings with the fleet's reliability defaults.
+
+    ``backend_class`` (``module:Class``): a subclass of Celery's Redis result backend to use
+    instead of it (the workers' own, ``workers.resultstore``)."""
     settings = settings or get_settings()
     url = redis_url(settings)
-    app = Celery(APP_NAME, broker=url, backend=url, set_as_current=False)
+    backend = f"{backend_class}+{url}" if backend_class else url
+    app = Celery(APP_NAME, broker=url, backend=backend, set_as_current=False)
     transport = {
         "visibility_timeout": settings.visibility_timeout_s,
         "socket_connect_timeout": 5,
@@ -69,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         # The result holds what the job returned, not a copy of its (possibly large) inputs.
         result_extended=False,
         result_expires=settings.result_ttl_s,
+        result_failure_expires=settings.failure_ttl_s,
         task_queues=[Queue(name, Exchange(name), routing_key=name) for name in queue_names],
         task_default_queue=ALL_QUEUES[-1],
         task_default_priority=transport_priority(0),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlparse, urlunparse
 
@@ -10,6 +12,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from shared.errors import RedisFull
 from shared.settings import Settings
 
 DEFAULT_PORT = 6379
@@ -57,3 +60,38 @@ def redis_client(settings: Settings, *, retry: bool = True) -> redis.Redis:
         kwargs.update(retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
     kwargs.update(ssl_options(settings) or {})
     return redis.Redis.from_url(redis_url(settings), **kwargs)
+
+
+OOM_REPLY = "command not allowed when used memory > 'maxmemory'"
+
+
+def is_redis_full(error: BaseException) -> bool:
+    """Redis at ``maxmemory`` (``noeviction``) refused a write: the error itself or one it was
+    raised from. A script's refusal reaches redis-py as a plain ``ResponseError``."""
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, redis.OutOfMemoryError) or (
+            isinstance(seen, redis.ResponseError) and OOM_REPLY in str(seen)
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@contextlib.contextmanager
+def refused_when_full(what: str) -> Iterator[None]:
+    """Turn Redis's out-of-memory refusal of ``what`` into :class:`RedisFull`, which says
+    what to do about it."""
+    try:
+        yield
+    except Exception as e:
+        if not is_redis_full(e):
+            raise
+        raise RedisFull(
+            f"Redis is full (maxmemory reached, policy noeviction) and refused {what}: nothing "
+            "was queued. Submit it again (under the same id) once memory frees; to make room, "
+            "lower TORCHFLEET_RESULT_TTL_S or TORCHFLEET_FAILURE_TTL_S, or give Redis more "
+            "maxmemory"
+        ) from e

@@ -74,6 +74,12 @@ class GateFailed(InputError):
     code = "gate_failed"
 
 
+class ResultTooLarge(InputError):
+    """A job's result is over ``max_result_bytes``: it fails instead of filling Redis."""
+
+    code = "result_too_large"
+
+
 class JobExpired(InputError):
     code = "expired"
 
@@ -118,6 +124,13 @@ class Overloaded(TransientError):
     queued. Retry later, add workers, or raise TORCHFLEET_LANE_MAX_BACKLOG."""
 
     code = "overloaded"
+
+
+class RedisFull(TransientError):
+    """Redis is at ``maxmemory`` (policy ``noeviction``) and refused a write: nothing was
+    queued. Submit again once memory frees."""
+
+    code = "redis_full"
 
 
 class JobFailed(TorchfleetError):

@@ -68,6 +68,15 @@ def worker_key(name: str) -> str:
 
 
 WORKER_KEYS: Final = f"{KEY_WORKER}*"  # the SCAN pattern of every heartbeat record
+# worker-standby:{hostname} -> the heartbeat record as it reads while Redis is full, renamed
+# over the record when Redis refuses to write it (RENAME is allowed at maxmemory).
+KEY_WORKER_STANDBY: Final = KEY_PREFIX + "worker-standby:"
+KEY_MEMORY_PROBE: Final = KEY_PREFIX + "memory-probe"  # a paused worker's test write
+
+
+def worker_standby_key(name: str) -> str:
+    """A worker's heartbeat record as it reads while Redis is full."""
+    return f"{KEY_WORKER_STANDBY}{name}"
 
 
 def lease_key(gpu_uuid: str) -> str:

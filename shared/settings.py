@@ -45,6 +45,11 @@ class Settings(BaseSettings):
         description="fsspec URL of the artifact store: a folder, a shared volume or s3://...",
     )
     result_ttl_s: int = Field(default=24 * 3600, gt=0, description="Seconds results are kept.")
+    failure_ttl_s: int = Field(
+        default=3600,
+        gt=0,
+        description="Seconds failed, expired, cancelled and dead-lettered jobs' results are kept.",
+    )
     visibility_timeout_s: int = Field(
         default=DEFAULT_VISIBILITY_TIMEOUT_S,
         gt=0,
@@ -91,7 +96,16 @@ class Settings(BaseSettings):
         description="Python modules a worker imports at start (extra architectures, datasets).",
     )
     max_payload_bytes: int = Field(
-        default=16 * 1024 * 1024, gt=0, description="Largest accepted inference input."
+        default=16 * 1024 * 1024,
+        gt=0,
+        description="Largest accepted job: its message and the inputs stored beside it, "
+        "checked by the producer and by the worker.",
+    )
+    max_result_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        gt=0,
+        description="Largest result a worker stores; a larger one fails the job with "
+        "result_too_large.",
     )
     inline_input_bytes: int = Field(
         default=4096,

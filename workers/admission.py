@@ -110,8 +110,8 @@ class Admission:
 
     @property
     def stored_inputs(self) -> bytes | None:
-        """The tensor bytes an infer job keeps beside its message."""
-        return self.replies.get(READ_INPUTS)
+        """The tensor bytes an infer job keeps beside its message (None: there are none)."""
+        return self.replies.get(READ_INPUTS) or None  # GETRANGE answers b"" for no key
 
 
 def count_delivery(client: redis.Redis, job_id: str, ttl_s: int) -> int:
@@ -229,8 +229,8 @@ def job_reads(payload: Any, job_id: str, kind: str, max_bytes: int) -> dict[str,
         return reads
     reads[READ_MODEL] = lambda pipe: pipe.hgetall(model_key(model))
     stored = stored_input_key(payload, job_id, max_bytes)
-    if stored is not None:
-        reads[READ_INPUTS] = lambda pipe: pipe.get(stored)
+    if stored is not None:  # never more than the cap (and one byte to tell it was over)
+        reads[READ_INPUTS] = lambda pipe: pipe.getrange(stored, 0, max_bytes)
     return reads
 
 

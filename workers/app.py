@@ -5,7 +5,8 @@ kind: admission (delivery counts, dead letters, payload limits, a stored answer 
 redelivery), validation, the deadline, cancellation, retries with backoff, device faults and
 the stats record. Input errors fail at once and are never retried; transient errors are
 retried with exponential backoff; a job that loses Redis waits for it and runs on in place
-(:mod:`workers.outage`); an unrecoverable device error fails the job and replaces the worker.
+(:mod:`workers.outage`), and a full Redis pauses the worker and requeues the delivery; an
+unrecoverable device error fails the job and replaces the worker.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from celery.exceptions import Ignore, Reject
 from pydantic import ValidationError
 
 from shared.celery_app import create_app
+from shared.connection import is_redis_full
 from shared.errors import (
     DeviceFault,
     InputError,
@@ -35,11 +37,14 @@ from workers.control import JobCancelled, check_deadline, end_cancelled
 from workers.delivery import delivery
 from workers.effects import fenced
 from workers.faults import is_connection_error, is_fatal_device_error, request_replacement
+from workers.footprint import check_result_size, drop_stored_inputs
 from workers.heartbeat import poke_heartbeat
 from workers.outage import through_outages
+from workers.redisfull import requeue_when_room, requeued_if_full
+from workers.resultstore import backend_class
 from workers.runtime import Runtime, get_runtime
 
-app = create_app()
+app = create_app(backend_class=backend_class())
 MAX_RETRIES = 5
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 60.0
@@ -88,10 +93,12 @@ class FleetTask(Task):
                 if admission.cancelled:
                     raise JobCancelled(f"job {job_id} was cancelled before it started")
                 result = through_outages(rt, job_id, lambda: execute(job, rt, self, admission))
+                check_result_size(result, rt.settings.max_result_bytes)
         except JobCancelled:
             self.record(rt, job_id, "cancelled", started, model=model)
             if kind == "train":  # nothing will resume it: free the checkpoint
                 rt.store.discard_checkpoint(job_id)
+            drop_stored_inputs(rt.behind, payload, job_id)
             end_cancelled(self)
         except StaleDelivery:  # overtaken by a newer delivery: leave its answer alone
             self.record(rt, job_id, "stale", started)
@@ -132,9 +139,12 @@ class FleetTask(Task):
 
     def retry_later(self, error: TransientError) -> NoReturn:
         """Retry after the backoff for this attempt (at most :data:`MAX_RETRIES` times)."""
-        raise self.retry(
-            exc=error, countdown=backoff_s(self.request.retries), max_retries=MAX_RETRIES
-        ) from error
+        if is_redis_full(error):  # a registry write refused for memory, say
+            requeue_when_room(error)
+        with requeued_if_full():  # a full Redis refuses the retry's message too
+            raise self.retry(
+                exc=error, countdown=backoff_s(self.request.retries), max_retries=MAX_RETRIES
+            ) from error
 
     def is_fault(self, rt: Runtime, error: Exception) -> bool:
         """Not the job's fault: a Redis that stayed away (``through_outages`` waited for it)
@@ -142,6 +152,8 @@ class FleetTask(Task):
         new worker process and returns True."""
         if is_connection_error(error):  # Redis went away mid-job and did not come back
             raise Reject(error, requeue=True) from error
+        if is_redis_full(error):  # Redis refused a write for memory: run it again later
+            requeue_when_room(error)
         if not is_fatal_device_error(error):
             return False
         request_replacement()  # warm shutdown; the supervisor starts a fresh process

@@ -2,6 +2,11 @@
 
 A daemon thread rewrites ``torchfleet:worker:{name}`` every few seconds (and soon after each
 job), with a TTL of a few intervals, so a worker that dies drops out of `status` by itself.
+
+While Redis is full the record cannot be rewritten (Redis refuses every write that may grow
+memory), yet that is when `status` most needs to say the worker is paused. So each beat also
+writes a standby copy that reads ``paused``; when Redis refuses the record, the standby is
+renamed over it and its TTL kept up (``RENAME`` and ``EXPIRE`` are allowed at maxmemory).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from typing import Any
 
 import redis
 
-from shared.names import worker_key
+from shared.connection import is_redis_full
+from shared.names import worker_key, worker_standby_key
+from workers import redisfull
 from workers.runtime import Runtime
 from workers.transport import held_job_ids
 
@@ -43,6 +50,8 @@ def worker_record(rt: Runtime, queues: list[str], started_at: float) -> dict[str
         "cache_bytes": rt.cache.used_bytes(),
         "jobs": dict(rt.counters),
         "holding": held_job_ids(),
+        "paused": redisfull.PAUSED_REDIS_MEMORY if redisfull.paused() else None,
+        "paused_since": redisfull.GUARD.since,
         "started_at": started_at,
         "last_seen": time.time(),
     }
@@ -62,6 +71,7 @@ class Heartbeat:
         self.interval_s = interval_s
         self.started_at = time.time()
         self.key = worker_key(rt.worker)
+        self.standby = worker_standby_key(rt.worker)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
@@ -73,11 +83,30 @@ class Heartbeat:
     def beat(self) -> None:
         """Write the record now (errors are logged: a Redis blip must not kill the thread)."""
         record = worker_record(self.rt, self.queues(), self.started_at)
+        standby = {**record, "paused": redisfull.PAUSED_REDIS_MEMORY}
         ttl = max(1, int(self.interval_s * TTL_INTERVALS))
         try:
-            self.rt.client.set(self.key, json.dumps(record), ex=ttl)
+            with self.rt.client.pipeline(transaction=False) as pipe:
+                pipe.set(self.key, json.dumps(record), ex=ttl)
+                pipe.set(self.standby, json.dumps(standby), ex=ttl)
+                pipe.execute()
         except redis.RedisError as e:
-            log.warning("heartbeat of %s not written: %s", self.rt.worker, e)
+            if not is_redis_full(e):
+                log.warning("heartbeat of %s not written: %s", self.rt.worker, e)
+                return
+            redisfull.GUARD.pause(e)
+            self.stand_in(ttl)
+
+    def stand_in(self, ttl: int) -> None:
+        """Redis is full: put the standby (paused) record in place, or keep the one in place
+        alive (the standby is gone once renamed)."""
+        try:
+            with self.rt.client.pipeline(transaction=False) as pipe:
+                pipe.rename(self.standby, self.key)
+                pipe.expire(self.key, ttl)
+                pipe.execute(raise_on_error=False)
+        except redis.RedisError as e:
+            log.warning("heartbeat of %s not kept alive: %s", self.rt.worker, e)
 
     def poke(self) -> None:
         self._wake.set()
@@ -89,7 +118,7 @@ class Heartbeat:
         if self._thread.is_alive():
             self._thread.join(timeout=self.interval_s)
         with contextlib.suppress(redis.RedisError):
-            self.rt.client.delete(self.key)
+            self.rt.client.delete(self.key, self.standby)
 
     def _run(self) -> None:
         while not self._stop.is_set():

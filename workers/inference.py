@@ -95,8 +95,9 @@ def tensor_bytes(payload: TensorPayload, stored: bytes | None) -> bytes:
     if payload.data is None:
         if stored is None:
             raise BadTensor(
-                f"no input bytes at {payload.key}: never stored, or expired (they are kept "
-                "as long as results, TORCHFLEET_RESULT_TTL_S)"
+                f"no input bytes at {payload.key}: never stored, or expired (they go when "
+                "their job ends, and after TORCHFLEET_RESULT_TTL_S at the latest): submit the "
+                "job again"
             )
         return stored
     try:

@@ -4,13 +4,14 @@
 import. Celery calls the receivers of a signal in the order they were connected:
 
 * ``worker_init``: guard kombu's Redis transport and set it on the Redis server's clock,
-  import the plugins from settings;
+  arm the pause for a full Redis (its probe renews this worker's deliveries before it takes
+  jobs again), import the plugins from settings;
 * ``worker_ready``: also consume the device's own queues, start the heartbeat and the
   visibility keeper, prepare serving (cache options, metrics, preload list), start the
   online lane's consumer and the checkpoint sweeper, watch the GPU lease (a worker that
   loses it steps down), then freeze what is loaded out of the garbage collector's sight;
 * ``worker_shutdown``: stop the lane's consumer (its last batch answered), the keeper, the
-  sweeper and the heartbeat, flush the pending writes and
+  memory probe, the sweeper and the heartbeat, flush the pending writes and
   release the GPU lease, and exit with the code a device fault asked for.
 """
 
@@ -26,9 +27,10 @@ from typing import Any
 from celery.signals import worker_init, worker_ready, worker_shutdown
 from celery.worker.control import control_command
 
+from shared.clock import server_time
 from shared.connection import redis_client
 from shared.names import CONTROL_WARM
-from workers import transport
+from workers import redisfull, transport
 from workers.control import add_device_queues, consumed_queues, torchfleet_warm
 from workers.faults import exit_with_requested_code
 from workers.heartbeat import poke_heartbeat, start_heartbeat, stop_heartbeat
@@ -53,11 +55,24 @@ def connect_signals() -> None:
 
 
 def on_init(**_: Any) -> None:
-    """Before the consumer starts: the transport guards, the server's clock, the plugins."""
+    """Before the consumer starts: the transport guards, the server's clock, the memory
+    pause and the plugins."""
     settings = effective_settings()
     transport.guard_transport()
     transport.use_server_clock(redis_client(settings), settings.clock_skew_s)
+    rt = get_runtime()
+    redisfull.GUARD.install(
+        rt.client,
+        on_resume=[partial(renew_held, rt.client)],
+        on_change=[poke_heartbeat],
+    )
     load_plugins(settings.plugins)
+
+
+def renew_held(client: Any) -> None:
+    """Renew this worker's deliveries at the server's time (before a paused worker takes
+    jobs again)."""
+    transport.renew_visibility(client, transport.held_delivery_tags(), server_time(client))
 
 
 def on_ready(sender: Any = None, **_: Any) -> None:
@@ -92,6 +107,7 @@ def on_shutdown(**_: Any) -> None:
     """Stop the threads, do the pending writes, release the lease, exit with the asked code."""
     stop_lane()  # its last batch answered before the runtime's writes are flushed
     transport.stop_keeper()
+    redisfull.GUARD.stop()
     stop_sweeper()
     stop_heartbeat()
     stop_runtime()

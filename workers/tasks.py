@@ -8,16 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import states
+
 from shared.jobs import CompressJob, InferJob, TrainJob
-from shared.names import TASK_COMPRESS, TASK_INFER, TASK_TRAIN, input_key
+from shared.names import TASK_COMPRESS, TASK_INFER, TASK_TRAIN
 from workers.admission import Admission
 from workers.app import FleetTask, app
 from workers.effects import DropsCheckpoint
+from workers.footprint import check_stored_inputs, drop_stored_inputs
 from workers.jobs import compression, serving, training
 from workers.runtime import Runtime, get_runtime
 
 
 def _infer(job: InferJob, rt: Runtime, task: FleetTask, admission: Admission) -> dict[str, Any]:
+    check_stored_inputs(admission.stored_inputs, rt.settings.max_payload_bytes)
     result = serving.serve(
         job, rt, task.request.id, admission.model_fields, admission.stored_inputs
     )
@@ -37,12 +41,14 @@ class InferTask(FleetTask):
     # many predictions costs a walk of the whole structure, so keep the repr short.
     resultrepr_maxsize = 160
 
-    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
-        """The answer is stored: the input bytes kept for a redelivery can go."""
-        inputs = args[0].get("inputs") if args and isinstance(args[0], dict) else None
-        key = input_key(task_id)
-        if isinstance(inputs, dict) and inputs.get("key") == key:
-            get_runtime().behind.add(lambda pipe: pipe.delete(key))
+    def after_return(
+        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """The answer (a result or a failure) is stored: the input bytes kept for a retry or
+        a redelivery can go. Celery calls this for SUCCESS and FAILURE only; a cancel drops
+        them in :meth:`FleetTask.run_job`."""
+        if status in (states.SUCCESS, states.FAILURE) and args:
+            drop_stored_inputs(get_runtime().behind, args[0], task_id)
 
 
 class TrainTask(DropsCheckpoint, FleetTask):

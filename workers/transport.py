@@ -1,11 +1,12 @@
-"""kombu's Redis transport under a worker: guards for a Redis restart, and the visibility keeper.
+"""kombu's Redis transport under a worker: guards for a Redis that restarts or fills up, and
+the visibility keeper.
 
 kombu restores any unacknowledged delivery older than the visibility timeout, even one a
 live worker is still running; the keeper refreshes the worker's held deliveries so that only
-a dead worker's jobs come back. The guards close two gaps of the transport when Redis
-restarts under a worker (see :func:`guard_transport`). Every delivery time, written or
-compared, is read from the Redis server's clock (:func:`use_server_clock`), so hosts whose
-clocks disagree judge a job alike.
+a dead worker's jobs come back. The guards close the gaps of the transport when Redis
+restarts, or reaches maxmemory, under a worker (see :func:`guard_transport`). Every delivery
+time, written or compared, is read from the Redis server's clock (:func:`use_server_clock`),
+so hosts whose clocks disagree judge a job alike.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.base import QoS as virtual_qos
 
 from shared.clock import ServerClock, skewed
+from shared.connection import is_redis_full
 from shared.names import KOMBU_UNACKED_INDEX
+from workers import redisfull
 
 log = logging.getLogger("torchfleet.worker")
 APPEND_RETRY_S = 30.0
@@ -77,7 +80,10 @@ def keep_visible(
         try:
             clock.sync(client)
             renew_visibility(client, held_delivery_tags(), clock.now())
-        except redis.RedisError:
+        except redis.RedisError as e:
+            if is_redis_full(e):  # paused; the probe renews them before jobs are taken again
+                redisfull.GUARD.pause(e)
+                continue
             log.warning("could not renew job visibility; retrying", exc_info=True)
 
 
@@ -122,17 +128,23 @@ def stop_keeper() -> None:
 
 
 def guard_transport(retry_s: float = APPEND_RETRY_S) -> bool:
-    """Close two gaps of kombu's Redis transport when Redis restarts under a worker.
+    """Close the gaps of kombu's Redis transport when Redis restarts, or fills up, under a
+    worker.
 
     1. A message taken with BRPOP is recorded as unacknowledged by a second command; if that
        fails, kombu drops the message. Retry the record (atomic, idempotent) until Redis is
-       back, for up to ``retry_s``.
+       back, for up to ``retry_s``, or until Redis has memory again (however long: the
+       message exists nowhere else).
     2. On connection loss kombu restores the worker's unacknowledged messages through the
        lost connection, and jobs that finish after the reconnection are acknowledged on their
        old channel; both can fail with an AttributeError that Celery treats as fatal: the
        worker stops (and can hang while stopping). The messages are still in Redis's unacked
        hash, so leave them there; the restore sweeps bring them back (a job that finished is
        then answered from its stored result).
+    3. At maxmemory Redis refuses acks and requeues (``MULTI`` queues nothing then), which
+       Celery treats as fatal too. Leave those messages in the unacked hash as well and
+       settle them when memory frees (:mod:`workers.redisfull`); meanwhile take no new jobs
+       and skip the restore sweeps (this worker's live jobs could not be renewed).
 
     Idempotent; returns True when the guards were installed by this call.
     """
@@ -140,6 +152,7 @@ def guard_transport(retry_s: float = APPEND_RETRY_S) -> bool:
     if getattr(qos, "_torchfleet_guarded", False):
         return False
     append, restore_unacked = qos.append, qos.restore_unacked
+    restore_visible, can_consume = qos.restore_visible, qos.can_consume
 
     def guarded_append(self: Any, message: Any, delivery_tag: Any) -> Any:
         deadline = time.monotonic() + retry_s
@@ -153,6 +166,12 @@ def guard_transport(retry_s: float = APPEND_RETRY_S) -> bool:
                     "delivery %s not yet recorded as unacked (%s); retrying", delivery_tag, e
                 )
                 time.sleep(APPEND_RETRY_PAUSE_S)  # Redis is away: wait for it, then record
+            except redis.ResponseError as e:
+                if not is_redis_full(e):
+                    raise
+                return redisfull.wait_out(
+                    lambda: append(self, message, delivery_tag), f"delivery {delivery_tag}"
+                )
 
     def guarded_restore_unacked(self: Any, client: Any = None) -> None:
         try:
@@ -167,13 +186,35 @@ def guard_transport(retry_s: float = APPEND_RETRY_S) -> bool:
                 return settle(self, delivery_tag, *args, **kwargs)
             except AttributeError as e:  # the channel's connection is gone (reconnected since)
                 log.warning("delivery %s left for the restore sweeps (%r)", delivery_tag, e)
-                return virtual_qos.ack(self, delivery_tag)  # forget it here; Redis keeps it
+            except redis.ResponseError as e:
+                if not is_redis_full(e):
+                    raise
+                redisfull.GUARD.pause(e)
+                redisfull.GUARD.leave(lambda: settle(self, delivery_tag, *args, **kwargs))
+                log.warning("delivery %s settled when Redis has memory again", delivery_tag)
+            return virtual_qos.ack(self, delivery_tag)  # forget it here; Redis keeps it
 
         return settle_or_leave
+
+    def sweep_unless_full(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if redisfull.paused():
+            return None
+        try:
+            return restore_visible(self, *args, **kwargs)
+        except redis.ResponseError as e:
+            if not is_redis_full(e):
+                raise
+            redisfull.GUARD.pause(e)
+            return None
+
+    def consume_unless_full(self: Any) -> bool:
+        return not redisfull.paused() and bool(can_consume(self))
 
     qos.append = guarded_append
     qos.restore_unacked = guarded_restore_unacked
     qos.ack = guarded(qos.ack)
     qos.reject = guarded(qos.reject)
+    qos.restore_visible = sweep_unless_full
+    qos.can_consume = consume_unless_full
     qos._torchfleet_guarded = True
     return True

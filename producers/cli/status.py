@@ -60,6 +60,9 @@ def render(report: dict[str, Any]) -> None:
     for w in report["workers"]:
         cached = [", ".join(r[:1]) or d[:12] for d, r in w.get("cached_refs", {}).items()]
         jobs = " ".join(f"{k}={v}" for k, v in sorted(w.get("jobs", {}).items())) or "-"
+        seen = f"{now - w['last_seen']:.0f}s ago"
+        if w.get("paused"):  # the worker takes no jobs until Redis has memory again
+            seen += "\npaused: Redis full"
         workers.add_row(
             w["name"],
             w["device"],
@@ -67,7 +70,7 @@ def render(report: dict[str, Any]) -> None:
             ",".join(w.get("queues", [])),
             "\n".join(cached) or "-",
             jobs,
-            f"{now - w['last_seen']:.0f}s ago",
+            seen,
         )
     console.print(workers if report["workers"] else "no live workers (no heartbeat in Redis)")
     queues = Table("queue", "depth", "lanes (0 = most urgent)", title="queues")
@@ -79,6 +82,21 @@ def render(report: dict[str, Any]) -> None:
     render_lane(report)
     render_in_flight(report)
     console.print(f"dead letters: {report['deadletter']}")
+    render_memory(report.get("redis_memory"))
+
+
+def render_memory(memory: dict[str, Any] | None) -> None:
+    """Redis's memory, and what a full Redis means for the fleet."""
+    if not memory:
+        return
+    used = memory["used_bytes"] / 2**20
+    if not memory["max_bytes"]:
+        console.print(f"redis memory: {used:.1f} MiB used (no maxmemory)")
+        return
+    line = f"redis memory: {used:.1f} of {memory['max_bytes'] / 2**20:.1f} MiB ({memory['policy']})"
+    if memory["full"]:
+        line += ": FULL, writes refused; workers pause and submissions fail until memory frees"
+    console.print(line)
 
 
 def render_lane(report: dict[str, Any]) -> None:
