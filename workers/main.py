@@ -16,6 +16,7 @@ from shared.errors import InvalidJob
 from shared.settings import Settings
 from workers import bench_tasks, chain, groups, tasks
 from workers.app import app
+from workers.pool import FleetPool
 from workers.runtime import Runtime, configure, effective_settings, start_runtime
 from workers.signals import connect_signals
 
@@ -57,4 +58,5 @@ def run_worker(argv: Sequence[str]) -> None:
     """Connect the lifecycle hooks and run the Celery worker with ``argv``."""
     connect_signals()
     app.__dict__["Worker"] = app.subclass_with_self(FleetWorker)  # a cached property's slot
+    app.conf.worker_pool = FleetPool  # job threads a stuck job can be left behind in
     app.worker_main(list(argv))

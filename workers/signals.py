@@ -4,11 +4,12 @@
 import. Celery calls the receivers of a signal in the order they were connected:
 
 * ``worker_init``: guard kombu's Redis transport, import the plugins from settings;
-* ``worker_ready``: also consume the device's own queues, start the heartbeat and the
-  visibility keeper, prepare serving (cache options, metrics, preload list), start the
-  online lane's consumer, then freeze what is loaded out of the garbage collector's sight;
-* ``worker_shutdown``: stop the lane's consumer (its last batch answered), the heartbeat
-  and the keeper, flush the pending writes and
+* ``worker_ready``: also consume the device's own queues, start the heartbeat, the
+  visibility keeper and the job watchdog (time limits, cancel of a hung job), prepare
+  serving (cache options, metrics, preload list), start the online lane's consumer, then
+  freeze what is loaded out of the garbage collector's sight;
+* ``worker_shutdown``: stop the lane's consumer (its last batch answered), the heartbeat,
+  the keeper and the watchdog, flush the pending writes and
   release the GPU lease, and exit with the code a device fault asked for.
 """
 
@@ -32,6 +33,7 @@ from workers.heartbeat import start_heartbeat, stop_heartbeat
 from workers.jobs.serving import prepare_serving
 from workers.lane import start_lane, stop_lane
 from workers.lane.control import register_lane_command
+from workers.limits import start_watchdog, stop_watchdog
 from workers.runtime import effective_settings, get_runtime, stop_runtime
 
 log = logging.getLogger("torchfleet.worker")
@@ -60,6 +62,7 @@ def on_ready(sender: Any = None, **_: Any) -> None:
     add_device_queues(sender, rt)
     start_heartbeat(rt, queues=lambda: consumed_queues(sender))
     transport.start_keeper(redis_client(rt.settings), rt.settings.visibility_timeout_s)
+    start_watchdog(rt.client, rt.settings)
     prepare_serving(rt)  # cache options, metrics endpoint and cache counters, preload list
     start_lane(rt, sender)  # the online lane's consumer, if this worker serves inference
     # Everything loaded so far (torch, Celery, the preloaded models) lives as long as the
@@ -73,6 +76,7 @@ def on_shutdown(**_: Any) -> None:
     """Stop the threads, do the pending writes, release the lease, exit with the asked code."""
     stop_lane()  # its last batch answered before the runtime's writes are flushed
     transport.stop_keeper()
+    stop_watchdog()
     stop_heartbeat()
     stop_runtime()
     exit_with_requested_code()
