@@ -176,15 +176,15 @@ class Watchdog:
         now = time.monotonic() if now is None else now
         with _watches_lock:
             watches = list(_watches.values())
-        running = [w for w in watches if w.state == RUNNING]
-        for watch in running:
-            if now >= watch.deadline:
-                self.stop(watch, watch.limit.error(), now)
-        for watch in self.cancelled([w for w in running if w.state == RUNNING]):
-            self.stop(watch, JobCancelled(f"job {watch.cancel_id} was cancelled"), now)
         for watch in watches:
             if watch.state == STOPPING and now >= watch.stopped_at + self.grace_s:
                 self.abandon(watch)
+        for watch in watches:
+            if watch.state == RUNNING and now >= watch.deadline:
+                self.stop(watch, watch.limit.error(), now)
+        # last: with Redis away this raises, and the limits above are enforced all the same
+        for watch in self.cancelled([w for w in watches if w.state == RUNNING]):
+            self.stop(watch, JobCancelled(f"job {watch.cancel_id} was cancelled"), now)
 
     def cancelled(self, watches: list[Watch]) -> list[Watch]:
         if not watches:
@@ -245,11 +245,16 @@ _stop = threading.Event()
 
 
 def watch_loop(dog: Watchdog, stop: threading.Event, tick_s: float = TICK_S) -> None:
+    failing = False
     while not stop.wait(tick_s):
         try:
             dog.tick()
-        except Exception:  # a Redis outage, say: the next tick tries again
-            log.warning("the job watchdog's tick failed", exc_info=True)
+        except Exception:  # a Redis outage, say: the next tick tries again (said once)
+            if not failing:
+                log.warning("the job watchdog's tick failed; retrying", exc_info=True)
+            failing = True
+        else:
+            failing = False
 
 
 def start_watchdog(client: redis.Redis, settings: Settings) -> None:
