@@ -259,9 +259,9 @@ class Client(GroupJobs):
     def cancel(self, job_id: str) -> JobState:
         """Cancel a queued or running job; its state before the cancel.
 
-        A queued job is dropped when a worker receives it; a running training job stops
-        after its current epoch. Unknown ids raise :class:`UnknownJob`; a finished job is
-        left as it is.
+        A queued job is dropped when a worker receives it; a running one is stopped by its
+        worker within a second, even one stuck in I/O. Unknown ids raise
+        :class:`UnknownJob`; a finished job is left as it is.
         """
         if self._kind(job_id) is None:
             raise UnknownJob(f"no job {job_id!r} was submitted (or its record expired)")

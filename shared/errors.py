@@ -225,3 +225,16 @@ class PathNotAllowed(InputError):
 
 
 ERRORS_BY_CODE[PathNotAllowed.code] = PathNotAllowed
+
+
+class TimeLimitExceeded(InputError):
+    """A job ran past its hard time limit: it was stopped, and nothing more is registered.
+
+    Never retried (the job would only run out of time again): give it a larger
+    ``time_limit_s`` (up to the worker's maximum for its kind) or make it smaller.
+    """
+
+    code = "time_limit"
+
+
+ERRORS_BY_CODE[TimeLimitExceeded.code] = TimeLimitExceeded

@@ -222,6 +222,38 @@ class Settings(BaseSettings):
         description="Largest image (width x height) decoded, for training data and inference.",
     )
 
+    # Hard time limits per job kind (docs/reliability.md, "Time limits"), per delivery: a
+    # job's own time_limit_s may lower its kind's limit, never raise it.
+    time_limit_train_s: float = Field(
+        default=24 * 3600, gt=0, description="Longest a train job (or pipeline train stage) runs."
+    )
+    time_limit_compress_s: float = Field(
+        default=6 * 3600,
+        gt=0,
+        description="Longest a compress job (or pipeline compress stage) runs.",
+    )
+    time_limit_infer_s: float = Field(
+        default=600, gt=0, description="Longest an inference job (a Celery task) runs."
+    )
+    time_limit_pipeline_s: float = Field(
+        default=1800,
+        gt=0,
+        description="Longest a pipeline's own task or its gate, promote or warm stage runs.",
+    )
+    time_limit_grace_s: float = Field(
+        default=10,
+        gt=0,
+        description="How long a job stopped by its limit or a cancel has to unwind before the "
+        "worker answers for it and leaves its thread behind (stuck in a call that cannot be "
+        "interrupted).",
+    )
+    max_stuck_jobs: int = Field(
+        default=8,
+        ge=1,
+        description="Threads left behind by stuck jobs before the worker asks to be replaced "
+        "(exit code 75).",
+    )
+
     @field_validator("data_roots", mode="before")
     @classmethod
     def _split_roots(cls, value: object) -> object:

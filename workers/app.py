@@ -6,7 +6,9 @@ redelivery), validation, the deadline, cancellation, retries with backoff, devic
 the stats record. Input errors fail at once and are never retried; transient errors are
 retried with exponential backoff; a job that loses Redis waits for it and runs on in place
 (:mod:`workers.outage`), and a full Redis pauses the worker and requeues the delivery; an
-unrecoverable device error fails the job and replaces the worker.
+unrecoverable device error fails the job and replaces the worker. Every job runs watched
+(:mod:`workers.limits`): past its hard time limit, or once cancelled, it is stopped even when
+stuck in I/O.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from shared.errors import (
     InputError,
     InvalidJob,
     StaleDelivery,
+    TimeLimitExceeded,
     TorchfleetError,
     TransientError,
 )
 from shared.jobs import AnyJob, describe_errors, parse_job
+from shared.registry import JobRegistry
 from shared.stats import append_record, infer_fields, model_of, stats_entry
 from workers.admission import Admission, admit, job_reads
 from workers.context import JobContext, ProgressFn
@@ -39,6 +43,7 @@ from workers.effects import fenced
 from workers.faults import is_connection_error, is_fatal_device_error, request_replacement
 from workers.footprint import check_result_size, drop_stored_inputs
 from workers.heartbeat import poke_heartbeat
+from workers.limits import OnAbandon, TimeLimit, Watch, fence_current, run_watched, time_limit
 from workers.outage import through_outages
 from workers.redisfull import requeue_when_room, requeued_if_full
 from workers.resultstore import backend_class
@@ -92,12 +97,18 @@ class FleetTask(Task):
                 check_deadline(job, job_id)
                 if admission.cancelled:
                     raise JobCancelled(f"job {job_id} was cancelled before it started")
-                result = through_outages(rt, job_id, lambda: execute(job, rt, self, admission))
+                limit = time_limit(rt.settings, kind, job.time_limit_s)
+                answer = self.answer_for(rt, job_id, started, model)
+                result = self.watched(
+                    limit,
+                    job_id,
+                    answer,
+                    lambda: through_outages(rt, job_id, lambda: execute(job, rt, self, admission)),
+                )
                 check_result_size(result, rt.settings.max_result_bytes)
         except JobCancelled:
             self.record(rt, job_id, "cancelled", started, model=model)
-            if kind == "train":  # nothing will resume it: free the checkpoint
-                rt.store.discard_checkpoint(job_id)
+            self.drop_checkpoint(rt, job_id)  # nothing will resume it
             drop_stored_inputs(rt.behind, payload, job_id)
             end_cancelled(self)
         except StaleDelivery:  # overtaken by a newer delivery: leave its answer alone
@@ -108,6 +119,8 @@ class FleetTask(Task):
             self.retry_later(e)
         except InputError as e:
             self.record(rt, job_id, e.code, started, model=model, error=str(e)[:ERROR_CHARS])
+            if isinstance(e, TimeLimitExceeded):
+                self.drop_checkpoint(rt, job_id)
             raise
         except TorchfleetError as e:
             self.record(rt, job_id, "error", started, model=model, error=str(e)[:ERROR_CHARS])
@@ -126,16 +139,52 @@ class FleetTask(Task):
         return result
 
     def admit(
-        self, rt: Runtime, payload: Any, *, token: str | None = None, mark: bool = True
+        self,
+        rt: Runtime,
+        payload: Any,
+        *,
+        token: str | None = None,
+        mark: bool = True,
+        cancel_id: str | None = None,
     ) -> Admission:
-        """This delivery's admission, reading what the job needs in the same round trip."""
+        """This delivery's admission, reading what the job needs in the same round trip
+        (the cancel flag of ``cancel_id``: the job's own by default)."""
         job_id = self.request.id
         return admit(
             rt.client, rt.settings, self.request, rt.worker, payload,
             result_key=self.backend.get_key_for_task(job_id),
-            reads=job_reads(payload, job_id, self.kind, rt.settings.max_payload_bytes),
+            reads=job_reads(
+                payload, cancel_id or job_id, self.kind, rt.settings.max_payload_bytes
+            ),
             token=token, mark=mark,
         )  # fmt: skip
+
+    def watched(
+        self, limit: TimeLimit, cancel_id: str, on_abandon: OnAbandon, fn: Callable[[], Any]
+    ) -> Any:
+        """``fn()`` stopped past ``limit`` or once ``cancel_id`` is cancelled, even when stuck
+        (:mod:`workers.limits`); ``on_abandon`` answers for a job that could not stop."""
+        return run_watched(Watch(self.request.id, cancel_id, limit, on_abandon), fn)
+
+    def answer_for(self, rt: Runtime, job_id: str, started: float, model: Any) -> OnAbandon:
+        """What the watchdog stores for a job of this task stuck past its stop."""
+
+        def answer(error: TorchfleetError) -> None:
+            self.record(
+                rt, job_id, error.code, started, model=model, error=str(error)[:ERROR_CHARS]
+            )
+            self.drop_checkpoint(rt, job_id)
+            if isinstance(error, JobCancelled):
+                self.backend.mark_as_revoked(job_id, "cancelled")
+            else:
+                self.backend.mark_as_failure(job_id, error)
+
+        return answer
+
+    def drop_checkpoint(self, rt: Runtime, job_id: str) -> None:
+        """A train job that ended for good (cancelled, out of time) leaves no checkpoint."""
+        if self.kind == "train":
+            rt.store.discard_checkpoint(job_id)
 
     def retry_later(self, error: TransientError) -> NoReturn:
         """Retry after the backoff for this attempt (at most :data:`MAX_RETRIES` times)."""
@@ -174,7 +223,7 @@ class FleetTask(Task):
         """What the use case gets: where to run and keep things, the registry as this delivery
         may write to it (fenced by a new token, and by ``cancel_id``'s cancel flag), and a
         progress report that stops the job when that fence is crossed."""
-        registry = rt.registry.for_job(job_id, cancel_id=cancel_id)
+        registry = self.job_registry(rt, job_id, cancel_id)
         return JobContext(
             job_id=job_id,
             device=rt.device,
@@ -192,3 +241,9 @@ class FleetTask(Task):
             self.update_state(state="PROGRESS", meta=meta)
 
         return self.context(rt, self.request.id, progress, self.request.id)
+
+    def job_registry(self, rt: Runtime, fence_id: str, cancel_id: str) -> JobRegistry:
+        """The registry as this delivery may write to it: a new fencing token for
+        ``fence_id``, which the watchdog advances when it stops the job."""
+        fence_current(fence_id)
+        return rt.registry.for_job(fence_id, cancel_id=cancel_id)

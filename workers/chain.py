@@ -9,26 +9,23 @@ Each stage takes the report so far (a :class:`PipelineResult`) and returns it wi
 under ``{job_id}:{stage}``. A stage that fails (bad input, a gate no variant passes) marks the
 report and the later stages only append ``skipped``: the alias moves only in the promote
 stage, so a failed gate leaves ``production`` where it was. Progress goes to the job id.
+The task that runs a stage (admission, time limit, report) is in :mod:`workers.stages`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import time
-from collections.abc import Callable
 from typing import Any
 
 from celery import chain
 
-from shared.errors import GateFailed, InputError, InvalidJob, ModelNotFound, TransientError
+from shared.errors import GateFailed, InvalidJob, ModelNotFound
 from shared.jobs import (
     CompressJob,
     CompressResult,
     PipelineJob,
     PipelineResult,
     PipelineStage,
-    StageReport,
     TrainResult,
     VariantReport,
 )
@@ -36,37 +33,19 @@ from shared.names import (
     CONTROL_WARM,
     QUEUE_INFER,
     TASK_PIPELINE,
-    TASK_PIPELINE_COMPRESS,
-    TASK_PIPELINE_GATE,
-    TASK_PIPELINE_PROMOTE,
-    TASK_PIPELINE_TRAIN,
-    TASK_PIPELINE_WARM,
     TASK_QUEUES,
     WORKER_KEYS,
     device_queue,
-    pipeline_key,
 )
 from shared.promotion import stage_verdict
 from workers.admission import Admission
 from workers.app import FleetTask, app
 from workers.compression.variants import best
-from workers.context import JobContext
-from workers.control import JobCancelled, is_cancelled
-from workers.effects import DropsCheckpoint
 from workers.jobs import compression, training
-from workers.runtime import Runtime, get_runtime
-
-log = logging.getLogger("torchfleet.worker")
+from workers.runtime import Runtime
+from workers.stages import STAGES, StageFn, StageTask, TrainStageTask
 
 WARM_TIMEOUT_S = 30.0
-StageFn = Callable[[PipelineJob, PipelineResult, Runtime, "StageTask"], dict[str, Any]]
-STAGES: tuple[tuple[PipelineStage, str], ...] = (
-    ("train", TASK_PIPELINE_TRAIN),
-    ("compress", TASK_PIPELINE_COMPRESS),
-    ("gate", TASK_PIPELINE_GATE),
-    ("promote", TASK_PIPELINE_PROMOTE),
-    ("warm", TASK_PIPELINE_WARM),
-)
 
 
 # ------------------------------------------------------------------ the chain
@@ -102,76 +81,6 @@ def start(job: PipelineJob, rt: Runtime, task: FleetTask, _: Admission) -> dict[
 @app.task(name=TASK_PIPELINE, bind=True, base=FleetTask, kind="pipeline")
 def pipeline(self: FleetTask, payload: Any) -> dict[str, Any]:
     return self.run_job(payload, start)
-
-
-# ------------------------------------------------------------------ running one stage
-class StageTask(FleetTask):
-    """A link of the pipeline's chain: runs one stage under the fleet's policy, and turns a
-    failure into the report's verdict so that the chain always ends with a report."""
-
-    kind = "pipeline"
-
-    def run_stage(self, stage: PipelineStage, report_json: Any, payload: Any, fn: StageFn) -> Any:
-        """Run ``fn`` unless an earlier stage stopped the pipeline; append its report."""
-        report = PipelineResult.model_validate(report_json)
-        job = PipelineJob.model_validate(payload)
-        rt = get_runtime()
-        if report.status != "running":
-            report.stages.append(StageReport(stage=stage, status="skipped"))
-            return self.finish(rt, report) if stage == STAGES[-1][0] else _dump(report)
-        started = time.perf_counter()
-        try:
-            if is_cancelled(rt.client, report.job_id):
-                raise JobCancelled(f"pipeline {report.job_id} was cancelled")
-            detail = fn(job, report, rt, self)
-            entry = StageReport(stage=stage, status="done", detail=detail)
-        except TransientError as e:
-            self.retry_later(e)
-        except (InputError, JobCancelled) as e:
-            entry = _failed(report, stage, e.code, str(e))
-            report.status = "gate_failed" if isinstance(e, GateFailed) else "failed"
-        except Exception as e:  # a crashed stage must still end the pipeline with a report
-            code = "device_fault" if self.is_fault(rt, e) else "error"
-            log.exception("pipeline %s: stage %s crashed", report.job_id, stage)
-            entry = _failed(report, stage, code, f"{type(e).__name__}: {e}")
-            report.status = "failed"
-        entry.seconds = round(time.perf_counter() - started, 3)
-        report.seconds = round(report.seconds + entry.seconds, 3)
-        report.stages.append(entry)
-        return self.finish(rt, report) if stage == STAGES[-1][0] else _dump(report)
-
-    def finish(self, rt: Runtime, report: PipelineResult) -> dict[str, Any]:
-        """Close the report, keep it under ``torchfleet:pipeline:{id}``, record the outcome."""
-        if report.status == "running":
-            report.status = "promoted"
-        document = _dump(report)
-        rt.client.set(
-            pipeline_key(report.job_id), json.dumps(document), ex=rt.settings.result_ttl_s
-        )
-        started = time.perf_counter() - report.seconds
-        self.record(rt, report.job_id, report.status, started, model=report.model)
-        return document
-
-    def stage_context(self, rt: Runtime, job_id: str, stage: str) -> JobContext:
-        """A stage's context: progress shown on the pipeline's own id, which it may cancel."""
-
-        def progress(meta: dict[str, Any]) -> None:
-            self.backend.store_result(job_id, {"stage": stage, **meta}, "PROGRESS")
-
-        return self.context(rt, f"{job_id}-{stage}", progress, job_id)
-
-
-class TrainStageTask(DropsCheckpoint, StageTask):
-    """The train stage: its checkpoint goes once the stage's report is stored."""
-
-
-def _dump(report: PipelineResult) -> dict[str, Any]:
-    return report.model_dump(mode="json")
-
-
-def _failed(report: PipelineResult, stage: PipelineStage, code: str, message: str) -> StageReport:
-    report.error_code, report.error = code, f"{stage}: {message}"
-    return StageReport(stage=stage, status="failed", error_code=code, error=message)
 
 
 # ------------------------------------------------------------------ the stages
@@ -263,7 +172,7 @@ def promote_stage(
     if not verdict.promote:
         raise GateFailed(verdict.reason)
     expected = (before.version, before.variant) if before is not None else None
-    fenced = rt.registry.for_job(f"{report.job_id}-promote", cancel_id=report.job_id)
+    fenced = task.job_registry(rt, f"{report.job_id}-promote", report.job_id)
     fenced.set_alias(report.model, job.promote, report.version, chosen, expected=expected)
     report.promoted = f"{report.model}:{report.version}:{chosen}"
     return {

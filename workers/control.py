@@ -3,7 +3,8 @@
 * A job whose ``deadline`` passed before it starts fails with ``expired`` and is not run.
 * ``torchfleet cancel`` revokes the job and sets a flag in Redis: a queued job is dropped
   when it reaches a worker (even one that missed the revoke broadcast), and a running job
-  stops at its next progress report (training: every epoch) as REVOKED.
+  stops at its next progress report, or within a second by the watchdog
+  (:mod:`workers.limits`), even stuck in I/O, as REVOKED.
 * A worker on ``cpu`` or ``cuda`` also consumes ``{queue}.{device}`` for each of its queues,
   so a job that asks for a device reaches only workers that have it.
 * ``torchfleet_warm`` is a broadcast control command (registered when the worker starts,

@@ -22,18 +22,23 @@ log = logging.getLogger("torchfleet.worker")
 
 
 @contextmanager
-def delivery(task: Any, rt: Runtime, payload: Any) -> Iterator[Admission]:
+def delivery(
+    task: Any, rt: Runtime, payload: Any, cancel_id: str | None = None
+) -> Iterator[Admission]:
     """Admit this delivery of ``task``'s job, run the body under the gate, settle it.
 
     ``task`` is the fleet task (its ``request.id`` and its ``admit(rt, payload, token=...,
-    mark=...)``). Raises what the admission raises (dead letter, oversized payload).
+    mark=..., cancel_id=...)``; ``cancel_id``: whose cancel flag counts, the job's own by
+    default). Raises what the admission raises (dead letter, oversized payload).
     """
     job_id = task.request.id
     token = uuid.uuid4().hex
     # While a suspect runs alone or waits to, a new job waits too: put its token in place
     # once it starts, not now (a death in between is not its doing).
     mark = not rt.gate.contended()
-    admission = through_outages(rt, job_id, lambda: task.admit(rt, payload, token=token, mark=mark))
+    admission = through_outages(
+        rt, job_id, lambda: task.admit(rt, payload, token=token, mark=mark, cancel_id=cancel_id)
+    )
     placed = admission.marked
     try:
         if admission.stored is not None:

@@ -16,6 +16,7 @@ from shared.errors import InvalidJob
 from shared.settings import MIN_REMOTE_PASSWORD_CHARS, Settings
 from workers import bench_tasks, chain, groups, tasks
 from workers.app import app
+from workers.pool import FleetPool
 from workers.refusals import RefusingConsumer
 from workers.runtime import Runtime, configure, effective_settings, start_runtime
 from workers.signals import connect_signals
@@ -68,4 +69,5 @@ def run_worker(argv: Sequence[str]) -> None:
     connect_signals()
     app.conf.worker_consumer = RefusingConsumer  # refused messages get a FAILURE result
     app.__dict__["Worker"] = app.subclass_with_self(FleetWorker)  # a cached property's slot
+    app.conf.worker_pool = FleetPool  # job threads a stuck job can be left behind in
     app.worker_main(list(argv))

@@ -6,12 +6,13 @@ import. Celery calls the receivers of a signal in the order they were connected:
 * ``worker_init``: guard kombu's Redis transport and set it on the Redis server's clock,
   arm the pause for a full Redis (its probe renews this worker's deliveries before it takes
   jobs again), import the plugins from settings;
-* ``worker_ready``: also consume the device's own queues, start the heartbeat and the
-  visibility keeper, prepare serving (cache options, metrics, preload list), start the
-  online lane's consumer and the checkpoint sweeper, watch the GPU lease (a worker that
-  loses it steps down), then freeze what is loaded out of the garbage collector's sight;
+* ``worker_ready``: also consume the device's own queues, start the heartbeat, the
+  visibility keeper and the job watchdog (time limits, cancel of a hung job), prepare
+  serving (cache options, metrics, preload list), start the online lane's consumer and the
+  checkpoint sweeper, watch the GPU lease (a worker that loses it steps down), then freeze
+  what is loaded out of the garbage collector's sight;
 * ``worker_shutdown``: stop the lane's consumer (its last batch answered), the keeper, the
-  memory probe, the sweeper and the heartbeat, flush the pending writes and
+  memory probe, the watchdog, the sweeper and the heartbeat, flush the pending writes and
   release the GPU lease, and exit with the code a device fault asked for.
 """
 
@@ -37,6 +38,7 @@ from workers.heartbeat import poke_heartbeat, start_heartbeat, stop_heartbeat
 from workers.jobs.serving import prepare_serving
 from workers.lane import start_lane, stop_lane
 from workers.lane.control import register_lane_command
+from workers.limits import start_watchdog, stop_watchdog
 from workers.runtime import effective_settings, get_runtime, stop_runtime
 from workers.sweeper import start_sweeper, stop_sweeper
 
@@ -81,6 +83,7 @@ def on_ready(sender: Any = None, **_: Any) -> None:
     add_device_queues(sender, rt)
     start_heartbeat(rt, queues=lambda: consumed_queues(sender))
     transport.start_keeper(redis_client(rt.settings), rt.settings.visibility_timeout_s)
+    start_watchdog(rt.client, rt.settings)
     prepare_serving(rt)  # cache options, metrics endpoint and cache counters, preload list
     start_lane(rt, sender)  # the online lane's consumer, if this worker serves inference
     start_sweeper(rt)  # checkpoints nobody will resume: now, then periodically
@@ -108,6 +111,7 @@ def on_shutdown(**_: Any) -> None:
     stop_lane()  # its last batch answered before the runtime's writes are flushed
     transport.stop_keeper()
     redisfull.GUARD.stop()
+    stop_watchdog()
     stop_sweeper()
     stop_heartbeat()
     stop_runtime()

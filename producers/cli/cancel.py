@@ -15,7 +15,7 @@ def cancel(
     job_id: str,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
-    """Cancel a job: queued ones are dropped, training stops after its current epoch."""
+    """Cancel a job: queued ones are dropped, running ones stopped (even stuck in I/O)."""
     with reported_errors(), Client() as client:
         before = client.cancel(job_id)
     outcome = "already finished" if before.finished else "cancel requested"

@@ -51,7 +51,8 @@ def worker(
         fail(EXIT_INPUT if isinstance(e, InputError) else EXIT_UNREACHABLE, str(e))
     run_worker(
         [
-            "worker", "--queues", queues, "--pool", "threads", "--concurrency", str(concurrency),
+            # no --pool: the worker's own thread pool (workers/pool.py) is the app's default
+            "worker", "--queues", queues, "--concurrency", str(concurrency),
             "--hostname", hostname, "--loglevel", loglevel, "--without-gossip", "--without-mingle",
         ]
     )  # fmt: skip

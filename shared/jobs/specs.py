@@ -39,6 +39,10 @@ from shared.jobs.steps import (
 
 # ---------------------------------------------------------------- training
 MAX_SYNTHETIC_VALUES = 2**28  # float32 values of a synthetic dataset: 1 GiB
+TIME_LIMIT_DOC = (
+    "Seconds one delivery may run (a pipeline: each stage but train, whose train job has its "
+    "own); the worker's maximum for the kind when unset or larger (TORCHFLEET_TIME_LIMIT_*)."
+)
 
 
 class DatasetSpec(Strict):
@@ -131,6 +135,7 @@ class TrainJob(Strict):
     device: DeviceChoice = "any"
     aliases: list[AliasName] = Field(default_factory=list, max_length=8)
     deadline: float | None = Field(default=None, description="Unix time after which to drop.")
+    time_limit_s: float | None = Field(default=None, gt=0, description=TIME_LIMIT_DOC)
 
 
 SpeedupBatch = Literal[1, 32]  # the batch sizes a compress job times (p50 at each)
@@ -213,6 +218,7 @@ class CompressJob(Strict):
     latency_iters: int = Field(default=50, ge=3, le=10_000, description="Timed runs per batch.")
     warmup_iters: int = Field(default=5, ge=0, le=1000)
     deadline: float | None = Field(default=None, description="Unix time after which to drop.")
+    time_limit_s: float | None = Field(default=None, gt=0, description=TIME_LIMIT_DOC)
 
     @model_validator(mode="after")
     def _variant_names_unique(self) -> CompressJob:
@@ -281,6 +287,7 @@ class InferJob(Strict):
     top_k: int = Field(default=1, ge=1, le=1000)
     labels: list[int] | None = Field(default=None, description="Ground truth, for accuracy.")
     deadline: float | None = Field(default=None, description="Unix time after which to drop.")
+    time_limit_s: float | None = Field(default=None, gt=0, description=TIME_LIMIT_DOC)
     priority: int = Field(default=0, ge=0, le=9)
     device: DeviceChoice = "any"
     backend: ServeBackend | None = Field(
@@ -325,6 +332,7 @@ class PipelineJob(Strict):
     warmup_iters: int = Field(default=3, ge=0, le=1000)
     device: DeviceChoice = "any"
     deadline: float | None = Field(default=None, description="Unix time after which to drop.")
+    time_limit_s: float | None = Field(default=None, gt=0, description=TIME_LIMIT_DOC)
 
     @model_validator(mode="after")
     def _check_stages(self) -> PipelineJob:

@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 
 from producers.client import Client
+from shared.deadletter import delivery_counts
 from shared.errors import ModelNotFound
+from shared.jobs import PipelineJob, PipelineResult
+from shared.names import TASK_PIPELINE_TRAIN, fence_key
 from tests.fleet import WorkerProcess, until
 
 pytestmark = pytest.mark.integration
@@ -127,3 +130,41 @@ def test_promoting_a_named_variant_that_failed_its_gate_is_a_clear_error(
 def test_a_pipeline_from_a_missing_model_fails_before_it_is_queued(client: Client) -> None:
     with pytest.raises(ModelNotFound, match="not registered"):
         client.submit_pipeline(source="no-such-model", steps=[{"method": "quantize_dynamic"}])
+
+
+def test_a_stage_delivered_again_after_its_report_is_stored_is_not_run_again(
+    client: Client, worker: WorkerProcess, promoted: dict[str, Any]
+) -> None:
+    # A worker killed after storing the train stage's report but before acknowledging it:
+    # the stage's message comes back under the same id. It is admitted like any task (its
+    # delivery counted) and answered from its stored report: the stage does not start again
+    # (it would take a new fencing token for its registry writes, and train again).
+    job_id, stage_id = promoted["job_id"], f"{promoted['job_id']}:train"
+    assert client.state(stage_id).status == "SUCCESS"
+    assert delivery_counts(client.redis, stage_id) == {"delivered": 1, "executed": 1}
+    fence = client.redis.get(fence_key(f"{job_id}-train"))
+    runs = _started(client, worker)
+    first = PipelineResult(job_id=job_id, model=promoted["model"], alias="production")
+    train = {"model_name": promoted["model"], "arch": "mlp", "epochs": 1, "dataset": DIGITS}
+    payload = PipelineJob.model_validate(
+        {"train": train, "steps": [{"method": "quantize_dynamic", "variant": "int8"}], **QUICK}
+    ).model_dump(mode="json", exclude_none=True)
+    client.app.send_task(
+        TASK_PIPELINE_TRAIN, args=[first.model_dump(mode="json"), payload], task_id=stage_id
+    )
+    until(lambda: _started(client, worker) > runs and not _running(client, worker, stage_id),
+          "the stage's second delivery to be answered")  # fmt: skip
+    assert client.redis.get(fence_key(f"{job_id}-train")) == fence  # the stage never started
+    assert delivery_counts(client.redis, stage_id) == {"delivered": 1, "executed": 1}
+    assert list(client.registry.describe(promoted["model"])["versions"]) == ["1"]
+
+
+def _started(client: Client, worker: WorkerProcess) -> int:
+    """How many train-stage deliveries the worker has taken (Celery's own count)."""
+    stats = client.app.control.inspect([worker.name], timeout=5).stats() or {}
+    return int(stats.get(worker.name, {}).get("total", {}).get(TASK_PIPELINE_TRAIN, 0))
+
+
+def _running(client: Client, worker: WorkerProcess, task_id: str) -> bool:
+    active = client.app.control.inspect([worker.name], timeout=5).active() or {}
+    return any(task["id"] == task_id for task in active.get(worker.name, []))

@@ -220,7 +220,7 @@ class Task:
         self.client, self.settings = client, settings
         self.request = request(job_id)
 
-    def admit(self, rt: Any, payload: Any, **options: Any) -> Any:
+    def admit(self, rt: Any, payload: Any, *, cancel_id: str | None = None, **options: Any) -> Any:
         return admit(self.client, self.settings, self.request, "w", payload, **options)
 
 
