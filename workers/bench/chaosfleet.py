@@ -42,10 +42,13 @@ class FleetClient(Protocol):
 
     redis: Any
     app: Any
+    lane: Any  # a producers LaneClient: in_flight(), stray_replies
 
     def state(self, job_id: str) -> Any: ...
 
     def submit_infer(self, model: str, inputs: Any, **options: Any) -> str: ...
+
+    def infer_async(self, model: str, inputs: Any, **options: Any) -> Any: ...
 
     def close(self) -> None: ...
 
