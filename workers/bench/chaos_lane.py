@@ -159,6 +159,7 @@ class LaneCheck:
                     arguments={"action": action},
                     destination=sorted(waiting),
                     reply=True,
+                    limit=len(waiting),
                     timeout=CONTROL_WAIT_S,
                 )
             except (redis.RedisError, KombuError, OSError):
@@ -168,21 +169,25 @@ class LaneCheck:
                     if "error" not in answer and "skipped" not in answer:
                         waiting.discard(name)
 
-    def batch_behind(self, mode: float, kind: str, readers: int) -> list[WorkerProcess]:
+    def batch_behind(
+        self, mode: float, kind: str, readers: int
+    ) -> tuple[list[WorkerProcess], float]:
         """One ``kind`` request and a third of a phase of load queued behind it while every
         consumer is paused; then ``readers`` of the workers resume (the first reads the
-        special request with up to a batch of load in the same read), then the rest."""
+        special request with up to a batch of load in the same read). The workers, and
+        when they were told to resume."""
         workers = wait_lane_ready(self.fleet, self.supervisor)
         self.control(workers, "pause")
         self.send_special(mode, kind)
         self.start_phase()
+        resumed = time.monotonic()
         self.control(workers[:readers], "resume")
-        return workers
+        return workers, resumed
 
     def held_batch(self) -> tuple[WorkerProcess, int]:
         """A worker holding a batch mid-forward (chaos_net ``MODE_HOLD``) and its size."""
         self.fleet.hold()
-        workers = self.batch_behind(MODE_HOLD, "hold", readers=1)
+        workers, _ = self.batch_behind(MODE_HOLD, "hold", readers=1)
         [mark] = self.fleet.wait_holding(1)
         self.control(workers[1:], "resume")
         holder = self.supervisor.holder(mark)
@@ -218,8 +223,8 @@ class LaneCheck:
         return self.settled(started, in_flight, pause_ms=PAUSE_MS)
 
     def poison(self) -> dict[str, Any]:
-        self.batch_behind(MODE_KILL, "poison", readers=WORKERS)
-        return self.settled(time.monotonic(), self.in_flight())
+        _, resumed = self.batch_behind(MODE_KILL, "poison", readers=WORKERS)
+        return self.settled(resumed, self.in_flight())
 
     def run(self) -> list[dict[str, Any]]:
         faults: list[dict[str, Any]] = []
