@@ -472,3 +472,14 @@ def test_the_listener_removes_replies_only_after_handling_them(
     redis_client.xadd(lane.reply_key, {reply_field(0): first[0]})
     assert lane._pop() == [first[0]]  # read from where it was, the handled entry deleted
     assert redis_client.xlen(lane.reply_key) == 1
+
+
+def test_a_second_reply_to_a_request_is_dropped_and_counted(redis_client: redis.Redis) -> None:
+    from shared.lane import encode_error
+
+    lane = LaneClient(redis_client, Settings())
+    future: Future[dict[str, Any]] = Future()
+    lane._futures["r0"] = future
+    for _ in range(2):  # an answer, then the same answer resent after a lost connection
+        lane._resolve(encode_error("r0", "invalid_job", "no"))
+    assert isinstance(future.exception(), JobFailed) and lane.stray_replies == 1
