@@ -19,7 +19,8 @@ it from the last entry it handled (``XREAD BLOCK``), resolves each future by its
 id, and deletes the entries it handled in its next round trip. Reading removes nothing, so
 a connection lost mid-read (Redis restarted or killed) loses no reply: the listener reads
 again from the same place. A reply for an id no longer waited on (a duplicate after a
-worker was replaced, or one that came after its timeout) is dropped.
+worker was replaced, or one that came after its timeout) is dropped (and counted in
+``stray_replies``).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class LaneClient:
         self._listener: threading.Thread | None = None
         self._last_read = b"0-0"  # the listener's place in its reply stream
         self._handled: list[bytes] = []  # entries read, deleted with the next read
+        self.stray_replies = 0  # replies for ids not waited on: duplicates, or past a timeout
 
     # ------------------------------------------------------------ requests
     def infer(
@@ -232,7 +234,8 @@ class LaneClient:
         with self._lock:
             future = self._futures.pop(reply.request_id, None)
         if future is None or future.done():
-            return  # a duplicate, or an answer nobody waits for any more
+            self.stray_replies += 1  # a duplicate, or an answer nobody waits for any more
+            return
         if reply.result is not None:
             future.set_result(reply.result)
         else:

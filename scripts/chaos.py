@@ -1,7 +1,7 @@
 """The chaos report (see :mod:`workers.bench.chaos_report`), with the producers' Client.
 
-Run:   .venv/bin/python scripts/chaos.py [queue|soak|all] [--jobs N] [--producers P]
-                                         [--seed S] [--json]
+Run:   .venv/bin/python scripts/chaos.py [queue|lane|soak|all] [--jobs N] [--producers P]
+                         [--lane-requests N] [--lane-producers P] [--seed S] [--json]
 """
 
 import sys

@@ -309,6 +309,35 @@ def test_a_dead_consumers_requests_are_claimed_and_answered(
         assert pending["pending"] == 0
 
 
+def test_a_dead_consumers_requests_are_claimed_one_at_a_time(
+    lane_env: tuple[Settings, redis.Redis],
+) -> None:
+    # A claimer that dies serving the first (a poison request) leaves the others' delivery
+    # counts alone: its innocent neighbours do not climb to the dead letters beside it.
+    settings, client = lane_env
+    stream = lane_stream("cpu")
+
+    def pending() -> list[dict[str, Any]]:
+        return list(client.xpending_range(stream, LANE_GROUP, "-", "+", 10))
+
+    consumer = LaneConsumer(make_runtime(settings, client))  # its sweep only, never started
+    consumer.ensure_groups()
+    for i in range(3):
+        client.xadd(stream, dict(entries("m", inputs(seed=i))[0].fields))  # type: ignore[arg-type]
+    client.xreadgroup(LANE_GROUP, "dead@host", {stream: ">"}, count=10)
+    idle = settings.lane_claim_idle_ms
+    until(
+        lambda: all(int(p["time_since_delivered"]) >= idle for p in pending()),
+        "the dead consumer's entries idle past the claim time",
+    )
+    sweep = consumer.recovery.sweep()
+    first = next(sweep)
+    assert len(first.entries) == 1
+    assert [int(p["times_delivered"]) for p in pending()] == [2, 1, 1]
+    assert [len(r.entries) for r in sweep] == [1, 1]
+    consumer.client.close()
+
+
 def test_a_request_delivered_too_often_is_dead_lettered_and_answered(
     lane_env: tuple[Settings, redis.Redis],
 ) -> None:
@@ -443,3 +472,14 @@ def test_the_listener_removes_replies_only_after_handling_them(
     redis_client.xadd(lane.reply_key, {reply_field(0): first[0]})
     assert lane._pop() == [first[0]]  # read from where it was, the handled entry deleted
     assert redis_client.xlen(lane.reply_key) == 1
+
+
+def test_a_second_reply_to_a_request_is_dropped_and_counted(redis_client: redis.Redis) -> None:
+    from shared.lane import encode_error
+
+    lane = LaneClient(redis_client, Settings())
+    future: Future[dict[str, Any]] = Future()
+    lane._futures["r0"] = future
+    for _ in range(2):  # an answer, then the same answer resent after a lost connection
+        lane._resolve(encode_error("r0", "invalid_job", "no"))
+    assert isinstance(future.exception(), JobFailed) and lane.stray_replies == 1

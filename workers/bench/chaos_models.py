@@ -2,7 +2,8 @@
 
 A worker imports this module only when ``TORCHFLEET_PLUGINS`` names it, so none of this is
 reachable in production. ``chaos_net`` is a tiny linear classifier whose forward misbehaves
-on request, chosen by the first value of the batch (inference) or by builder arguments
+on request, chosen by the first value of an input (inference: any input of the batch, as
+a poisoned input breaks the whole batch it is merged into) or by builder arguments
 (training and compression):
 
 * ``MODE_KILL`` (1.0): SIGKILL its own process, like the kernel's OOM killer (poison job);
@@ -65,14 +66,14 @@ class ChaosNet(nn.Module):
         limit = self.hold_train_after if self.training else self.hold_eval_after
         if limit and self.calls[self.training] > limit:
             hold()
-        mode = float(x.reshape(-1)[0]) if x.numel() else 0.0
-        if mode == MODE_KILL:
+        modes = set(x.reshape(len(x), -1)[:, 0].tolist()) if x.numel() else set()
+        if MODE_KILL in modes:
             os.kill(os.getpid(), signal.SIGKILL)
-        if mode == MODE_OOM and len(x) > 1:
+        if MODE_OOM in modes and len(x) > 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by chaos_net)")
-        if mode == MODE_FATAL:
+        if MODE_FATAL in modes:
             raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
-        if mode == MODE_HOLD:
+        if MODE_HOLD in modes:
             hold()
         return self.fc(x.flatten(1))
 

@@ -58,9 +58,9 @@ SUBMIT_ATTEMPTS = 3
 class Supervisor(threading.Thread):
     """Keeps ``size`` workers alive: a dead one is replaced, as compose's restart policy does."""
 
-    def __init__(self, fleet: ChaosFleet, size: int) -> None:
+    def __init__(self, fleet: ChaosFleet, size: int, *, batching: bool = False) -> None:
         super().__init__(name="supervisor", daemon=True)
-        self.fleet, self.size = fleet, size
+        self.fleet, self.size, self.batching = fleet, size, batching
         self.live: list[WorkerProcess] = []
         self.replaced = 0
         self.stopping = threading.Event()
@@ -74,7 +74,7 @@ class Supervisor(threading.Thread):
         with self.lock:
             self.live = [w for w in self.live if w.alive()]
             while len(self.live) < self.size:
-                self.live.append(self.fleet.worker(ready=False))
+                self.live.append(self.fleet.worker(ready=False, batching=self.batching))
                 self.replaced += 1
 
     def holder(self, mark: Path) -> WorkerProcess:

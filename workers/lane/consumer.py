@@ -10,8 +10,8 @@ the worker's write-behind queue.
 Connection errors (Redis restarting, paused, unreachable) are waited out with backoff;
 the unsent writes are sent again and the entries this consumer read but may not have
 seen are read again from its own pending list. Every few seconds it claims the requests
-of dead consumers (:mod:`workers.lane.recovery`). It can be paused and resumed (for the
-drain measurement of `torchfleet bench`, and for operators).
+of dead consumers, one at a time (:mod:`workers.lane.recovery`). It can be paused and
+resumed (for the drain measurement of `torchfleet bench`, and for operators).
 """
 
 from __future__ import annotations
@@ -153,7 +153,8 @@ class LaneConsumer:
                     reread_own = False
                 if time.monotonic() >= next_sweep:
                     self._flush()
-                    self._serve_recovered(self.recovery.sweep())
+                    for recovered in self.recovery.sweep():  # one at a time, each answered
+                        self._serve_recovered(recovered)
                     next_sweep = time.monotonic() + self.rt.settings.lane_claim_interval_s
                 entries, hashes = self._exchange()
                 if entries:

@@ -9,14 +9,18 @@ for that long loses its entries too: at-least-once, and the client ignores the d
 
 Each claim bumps the entry's delivery count; past ``lane_max_deliveries`` the request goes
 to the dead-letter list and its client gets an error (a poison request that kills every
-worker that reads it stops there). Redis 6.2 and 7.0 answer ``XAUTOCLAIM`` differently
-for entries deleted while pending (see :func:`parse_autoclaim`).
+worker that reads it stops there). A dead consumer's entries are suspects (one of them may
+be what killed it), so they are claimed ONE at a time and each is answered before the next
+is claimed: a poison request then kills its worker with only itself in hand, and only its
+own delivery count climbs. Claimed in a batch, its innocent neighbours would die with it
+on every try and reach the dead letters beside it. Redis 6.2 and 7.0 answer ``XAUTOCLAIM``
+differently for entries deleted while pending (see :func:`parse_autoclaim`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +30,8 @@ from shared.names import LANE_GROUP, lane_alive_key
 from workers.lane.batch import Entry
 
 log = logging.getLogger("torchfleet.lane")
-CLAIM_PAGE = 100
-MAX_PAGES = 10  # a sweep claims at most this many pages; the next sweep goes on
+CLAIM_PAGE = 100  # pending entries listed at once (Redis 6.2 ghosts)
+MAX_CLAIMS = 1000  # a sweep claims at most this many entries; the next sweep goes on
 
 
 @dataclass(frozen=True)
@@ -77,15 +81,22 @@ class Recovery:
     claim_idle_ms: int
     max_deliveries: int
 
-    def sweep(self) -> Recovered:
-        """Claim the idle entries of dead consumers, split by their delivery counts."""
-        recovered = Recovered()
+    def sweep(self) -> Iterator[Recovered]:
+        """Claim the idle entries of dead consumers one by one: each item holds one entry
+        (to serve, or over the delivery cap). Answer it before taking the next: the next
+        claim happens only then, so an entry still unclaimed when its claimer dies keeps
+        its delivery count."""
         for stream in self.streams:
             if not self.dead_owners(stream):
                 continue
-            entries = self._claim(stream)
-            self._split(stream, entries, recovered)
-        return recovered
+            taken = 0
+            for claimed in self._claim(stream):
+                taken += 1
+                recovered = Recovered()
+                self._split(stream, [claimed], recovered)
+                yield recovered
+            if taken:
+                log.warning("lane %s: took over %d request(s) of dead consumers", stream, taken)
 
     def dead_owners(self, stream: str) -> list[str]:
         """Consumers with pending entries in ``stream`` whose heartbeat is gone."""
@@ -103,30 +114,26 @@ class Recovery:
             alive = pipe.execute()
         return [owner for owner, up in zip(owners, alive, strict=True) if not up]
 
-    def _claim(self, stream: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    def _claim(self, stream: str) -> Iterator[tuple[bytes, dict[bytes, bytes]]]:
+        """The idle entries, each claimed when the previous one is handed back."""
         cursor: bytes = b"0-0"
-        claimed: list[tuple[bytes, dict[bytes, bytes]]] = []
-        anonymous = 0
-        for _ in range(MAX_PAGES):
+        for _ in range(MAX_CLAIMS):
             reply = self.client.xautoclaim(
-                stream, LANE_GROUP, self.consumer, self.claim_idle_ms, cursor, count=CLAIM_PAGE
+                stream, LANE_GROUP, self.consumer, self.claim_idle_ms, cursor, count=1
             )
             page = parse_autoclaim(reply)
-            claimed += page.entries
-            anonymous += page.anonymous_deleted
+            if page.anonymous_deleted:
+                self._drop_ghosts(stream, {entry_id for entry_id, _ in page.entries})
+            yield from page.entries
             cursor = page.cursor
             if cursor == b"0-0":
-                break
-        if anonymous:
-            self._drop_ghosts(stream, {entry_id for entry_id, _ in claimed})
-        if claimed:
-            log.warning("lane %s: took over %d request(s) of dead consumers", stream, len(claimed))
-        return claimed
+                return
 
     def _drop_ghosts(self, stream: str, live: set[bytes]) -> None:
-        """Redis 6.2: acknowledge the deleted entries just claimed, whose ids it did not say."""
+        """Redis 6.2: acknowledge the deleted entries just claimed, whose ids it did not say
+        (every entry this consumer claimed before them is answered and acknowledged)."""
         pending = self.client.xpending_range(
-            stream, LANE_GROUP, "-", "+", CLAIM_PAGE * MAX_PAGES, consumername=self.consumer
+            stream, LANE_GROUP, "-", "+", CLAIM_PAGE, consumername=self.consumer
         )
         ghosts = [p["message_id"] for p in pending if p["message_id"] not in live]
         if ghosts:
