@@ -22,7 +22,9 @@ from shared.registry import ModelRegistry, VariantRecord
 from shared.settings import Settings
 from tests.unit.test_user_traps import PNG_1PX
 
-ISOLATED_DB = 7  # the integration tests' worker (same redis-server) heartbeats in db 0
+# The integration tests' worker (same redis-server) heartbeats in db 0; test_ops queues its
+# backlog in db 7 and test_limits runs in db 8, so jobs left here must not be seen there.
+ISOLATED_DB = 9
 
 
 @pytest.fixture
