@@ -87,9 +87,12 @@ __all__ = [
     "in_flight",
     "keep_fields",
     "list_dead_letters",
+    "message_headers",
     "orphaned",
     "restore_fields",
     "take",
+    "unacked_job_ids",
+    "unacked_messages",
 ]
 
 
@@ -184,6 +187,35 @@ def list_dead_letters(client: redis.Redis) -> list[DeadLetter]:
     return entries
 
 
+def message_headers(message: Any) -> dict[str, Any]:
+    """The headers of a kombu task message (its JSON text, or the parsed object); empty for
+    anything else."""
+    try:
+        parsed = json.loads(message) if isinstance(message, (bytes, str)) else message
+        headers = parsed.get("headers") if isinstance(parsed, dict) else None
+    except ValueError:
+        return {}
+    return headers if isinstance(headers, dict) else {}
+
+
+def unacked_messages(client: redis.Redis) -> dict[Any, tuple[dict[str, Any], str]]:
+    """kombu's unacknowledged deliveries: by delivery tag, the message's headers and its
+    routing key (a record that is not a task message has empty headers)."""
+    found = {}
+    for tag, raw in client.hgetall(KOMBU_UNACKED).items():
+        try:
+            message, _, routing_key = json.loads(raw)
+        except (ValueError, TypeError):
+            message, routing_key = None, ""
+        found[tag] = (message_headers(message), str(routing_key))
+    return found
+
+
+def unacked_job_ids(client: redis.Redis) -> set[str]:
+    """The ids of the jobs delivered and not yet acknowledged (running, or a dead worker's)."""
+    return {str(h["id"]) for h, _ in unacked_messages(client).values() if h.get("id")}
+
+
 def orphaned(client: redis.Redis, job_ids: Iterable[str], queues: Iterable[str]) -> list[str]:
     """Jobs that exist nowhere any more: no result, no message in a queue, none unacked.
 
@@ -197,12 +229,9 @@ def orphaned(client: redis.Redis, job_ids: Iterable[str], queues: Iterable[str])
     wanted = [j for j in job_ids if not client.exists(result_key(j))]
     if not wanted:
         return []
-    present: set[str] = set()
-    raws = [raw for q in queues for key in queue_keys(q) for raw in client.lrange(key, 0, -1)]
-    raws += [json.loads(v)[0] for v in client.hvals(KOMBU_UNACKED)]
-    for raw in raws:
-        message = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
-        job_id = (message.get("headers") or {}).get("id")
+    present = unacked_job_ids(client)
+    for raw in (raw for q in queues for key in queue_keys(q) for raw in client.lrange(key, 0, -1)):
+        job_id = message_headers(raw).get("id")
         if job_id:
             present.add(str(job_id))
     return [j for j in wanted if j not in present]
@@ -229,10 +258,8 @@ def in_flight(
     scores: Any = client.zrange(KOMBU_UNACKED_INDEX, 0, -1, withscores=True)
     renewed = {tag: float(score) for tag, score in scores}
     jobs = []
-    for tag, raw in client.hgetall(KOMBU_UNACKED).items():
-        message, _, routing_key = json.loads(raw)
-        headers = (json.loads(message) if isinstance(message, str) else message).get("headers")
-        job_id = str((headers or {}).get("id", ""))
+    for tag, (headers, routing_key) in unacked_messages(client).items():
+        job_id = str(headers.get("id", ""))
         since = float(renewed.get(tag, now))
         holder = claimed.get(job_id) or _text(client.hget(deliveries_key(job_id), HOLDER))
         stale = now - since > visibility_timeout_s / 2
@@ -240,7 +267,7 @@ def in_flight(
         jobs.append(
             {
                 "job_id": job_id,
-                "task": (headers or {}).get("task"),
+                "task": headers.get("task"),
                 "queue": routing_key,
                 "worker": holder,
                 "state": "worker_gone" if gone else "running",

@@ -23,7 +23,8 @@ from typing import Any
 import redis
 from celery import states
 
-from shared.names import KOMBU_UNACKED, deliveries_key, job_key, result_key
+from shared.deadletter import unacked_job_ids
+from shared.names import deliveries_key, job_key, result_key
 from workers.artifacts import ArtifactStore
 from workers.runtime import Runtime
 
@@ -39,19 +40,6 @@ def owners(checkpoint: str) -> list[str]:
     return [checkpoint, f"{head}:{stage}"] if head and stage else [checkpoint]
 
 
-def held_ids(client: redis.Redis) -> set[str]:
-    """The ids of the jobs delivered and not yet acknowledged (running, or a dead worker's)."""
-    ids = set()
-    for raw in client.hvals(KOMBU_UNACKED):
-        try:
-            message = json.loads(raw)[0]
-            headers = (json.loads(message) if isinstance(message, str) else message)["headers"]
-            ids.add(str(headers["id"]))
-        except (ValueError, LookupError, TypeError):
-            continue  # not a task message: nothing of ours
-    return ids
-
-
 def unfinished(client: redis.Redis, task_ids: Iterable[str]) -> set[str]:
     """The ids among ``task_ids`` that a run may still resume: held by a worker, or known to
     Redis (a result, a delivery count or a job record) without a final result."""
@@ -61,7 +49,7 @@ def unfinished(client: redis.Redis, task_ids: Iterable[str]) -> set[str]:
             pipe.get(result_key(task_id))
             pipe.exists(deliveries_key(task_id), job_key(task_id))
         replies = pipe.execute()
-    held = held_ids(client)
+    held = unacked_job_ids(client)
     alive = set()
     for task_id, meta, known in zip(ids, replies[::2], replies[1::2], strict=True):
         if task_id in held or (_status(meta) not in states.READY_STATES and (meta or known)):
