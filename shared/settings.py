@@ -6,7 +6,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import unquote, urlparse
 
 from pydantic import Field, field_validator
@@ -79,6 +79,12 @@ class Settings(BaseSettings):
         description="Fault injection for tests: the host clock a worker's transport reads is "
         "this many seconds off. Recovery decisions use the Redis server's clock, so they must "
         "not notice.",
+    )
+    fault_stop_at: Literal["", "registered"] = Field(
+        default="",
+        description="Fault injection for tests: the point of a job where a worker stops itself "
+        "(SIGSTOP) so that a test can kill it exactly there; `registered` is after a training "
+        "job's registry writes, before its answer is stored.",
     )
     deadletter_max_bytes: int = Field(
         default=64 * 1024 * 1024,

@@ -24,6 +24,7 @@ from shared.jobs import Scalar, TrainJob, TrainResult
 from shared.manifest import Manifest
 from shared.registry import BASE_VARIANT, VariantRecord
 from workers.context import JobContext
+from workers.faultpoints import REGISTERED, stop_point
 from workers.modelio import count_parameters
 from workers.train.checkpoint import (
     optimizer_from_flat,
@@ -149,6 +150,7 @@ def execute(job: TrainJob, ctx: JobContext) -> TrainResult:
     resumed_from = resume(ctx, job, parts, run)
     fit(job, ctx, parts, run, (train, val), shuffle)
     digest, size_bytes = register(job, ctx, bundle, arch_kwargs, parts, run, resumed_from)
+    stop_point(REGISTERED, ctx.settings)  # tests only: a worker killed right here
     return TrainResult(
         job_id=ctx.job_id,
         model=job.model_name,
