@@ -32,7 +32,8 @@ lint: $(STAMP)
 chaos: $(STAMP)
 	TORCHFLEET_CHAOS=1 $(PY) -m pytest -q tests/integration/test_chaos.py \
 		tests/integration/test_chaos_redis.py tests/integration/test_chaos_lane.py \
-		tests/integration/test_chaos_outage.py tests/integration/test_chaos_pipeline.py
+		tests/integration/test_chaos_outage.py tests/integration/test_chaos_pipeline.py \
+		tests/integration/test_chaos_effects.py
 	$(PY) scripts/chaos.py all $(CHAOS_ARGS)
 
 # The compose stack for real (issue 15), as root on a Debian host: installs docker.io,

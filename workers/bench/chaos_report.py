@@ -15,16 +15,28 @@ memory  Redis at maxmemory under load: the fleet keeps serving what fits, worker
         resume when memory frees, lost = 0, no worker crashes.
 outage  Three short Redis restarts during one training job: it finishes, nothing is
         dead-lettered, no delivery is counted as a crash.
+effects Side effects of a job run twice: a worker frozen (SIGSTOP) past the visibility
+        timeout during training, a worker killed between registration and the stored
+        answer, concurrent promotions of one alias. Duplicates with visible side effects (a
+        second version, a second alias move, an answer that disagrees with the alias) must
+        be 0, and so must lost alias moves.
+hostile A batch of hostile specs (paths outside the data roots, symlink escapes and loops,
+        an image bomb, absurd sizes): each fails clearly, none retried, no directory listed,
+        and the worker serves a normal job afterwards.
 soak    N inference jobs (cifar_cnn, micro-batching on) from P producer threads against one
         worker: errors, lost results, throughput, the worker's RSS after warm-up and at the
         end, and the TTL on result keys.
+
+The report ends with two totals over every check: lost (must be 0) and duplicates with
+visible side effects (must be 0).
 
 Run:   .venv/bin/python scripts/chaos.py [CHECK ...|all] [--jobs N] [--producers P]
                          [--lane-requests N] [--lane-producers P] [--memory-jobs N]
                          [--seed S] [--json]
 Exits 1 when any check failed: a job or a lane request lost, an unexpected result or a
 wrong lane answer, a request other than the poison dead-lettered, a worker crashed by a
-full Redis, a training job hurt by Redis restarts, or a soak job failed.
+full Redis, a training job hurt by Redis restarts, a side effect done twice, a hostile spec
+not refused clearly or a worker that stopped serving, or a soak job failed.
 """
 
 from __future__ import annotations
@@ -38,6 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workers.bench.chaos_effects import EFFECTS_FIGURES, effects_failed, run_effects
+from workers.bench.chaos_hostile import HOSTILE_FIGURES, hostile_failed, run_hostile
 from workers.bench.chaos_lane import LANE_FIGURES, run_lane
 from workers.bench.chaos_memory import MEMORY_FIGURES, run_memory
 from workers.bench.chaos_outage import OUTAGE_FIGURES, run_outage
@@ -114,6 +128,18 @@ CHECKS: dict[str, Check] = {
         OUTAGE_FIGURES,
         outage_failed,
     ),
+    "effects": Check(
+        "side effects of a job run twice",
+        lambda _, __, root, client: run_effects(root, client),
+        EFFECTS_FIGURES,
+        effects_failed,
+    ),
+    "hostile": Check(
+        "a hostile-spec batch against a live worker",
+        lambda _, __, root, client: run_hostile(root, client),
+        HOSTILE_FIGURES,
+        hostile_failed,
+    ),
     "soak": Check(
         "soak: inference jobs from many producers",
         lambda a, _, root, client: run_soak(a.soak_jobs, a.producers, root, client),
@@ -134,11 +160,30 @@ def render(report: dict[str, Any]) -> None:
         figures = check.figures or tuple(k for k in section if not isinstance(section[k], list))
         for key in figures:
             print(f"  {key:<26} {section[key]}")
+        for key, value in section.items():  # the scenarios of a check, each on one line
+            if isinstance(value, dict):
+                flat = ", ".join(f"{k} {v}" for k, v in value.items() if not _nested(v))
+                print(f"  {key}: {flat}")
         faults = section.get("faults")
         if isinstance(faults, list) and faults:
             print("  recovery per fault (s):")
             for fault in faults:
                 print(f"    {fault['fault']:<16} {fault['recovery_s']!s:>8}")
+    lost, duplicates = totals(report)
+    print(f"lost (must be 0): {lost}")
+    print(f"duplicates with visible side effects (must be 0): {duplicates}")
+
+
+def totals(report: dict[str, Any]) -> tuple[int, int]:
+    """Lost jobs, requests and alias moves over every check; duplicates with side effects."""
+    sections = [report[name] for name in CHECKS if report.get(name)]
+    lost = sum(int(section.get("lost") or 0) for section in sections)
+    duplicates = sum(int(section.get("duplicates_with_side_effects") or 0) for section in sections)
+    return lost, duplicates
+
+
+def _nested(value: Any) -> bool:
+    return isinstance(value, (dict, list))
 
 
 def failed(report: dict[str, Any]) -> bool:
