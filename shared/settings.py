@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Python modules a worker imports at start (extra architectures, datasets).",
     )
+    max_model_params: int = Field(
+        default=500_000_000,
+        gt=0,
+        description="Most parameters a worker builds a model with (500M: 2 GB of float32 "
+        "weights, about four times that to train); a larger one is refused before it is built.",
+    )
     max_payload_bytes: int = Field(
         default=16 * 1024 * 1024,
         gt=0,

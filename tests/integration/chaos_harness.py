@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from producers.client import Client
 from workers.bench.chaosfleet import (
@@ -29,6 +32,14 @@ __all__ = [
     "submit_many",
     "wait_status",
 ]
+
+
+# Fault-injection tests take minutes: they run under `make chaos` (TORCHFLEET_CHAOS=1).
+CHAOS_ONLY = pytest.mark.skipif(
+    not os.environ.get("TORCHFLEET_CHAOS"), reason="fault injection: run with `make chaos`"
+)
+# Celery's AsyncResult unsubscribes in __del__, which fails while Redis is down (or full).
+REDIS_DOWN_WARNINGS = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
 def open_fleet(root: Path, **options: Any) -> ChaosFleet:

@@ -8,7 +8,6 @@ worker processes each: they run under ``make chaos`` (TORCHFLEET_CHAOS=1), not `
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from shared.deadletter import list_dead_letters
 from shared.requeue import requeue
 from tests.fleet import recorded
 from tests.integration.chaos_harness import (
+    CHAOS_ONLY,
     ChaosFleet,
     chaos_input,
     counts,
@@ -33,12 +33,7 @@ from tests.integration.chaos_harness import (
 from workers.bench.chaos_models import MODE_FATAL, MODE_HOLD, MODE_KILL, MODE_OOM
 from workers.faults import EXIT_DEVICE_FAULT
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        not os.environ.get("TORCHFLEET_CHAOS"), reason="fault injection: run with `make chaos`"
-    ),
-]
+pytestmark = [pytest.mark.integration, CHAOS_ONLY]
 WAIT_S = 120
 
 

@@ -10,20 +10,18 @@ chaos report runs, at the same size.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from producers.client import Client
+from tests.integration.chaos_harness import CHAOS_ONLY
 from workers.bench.chaos_effects import WRITERS, run_frozen, run_killed, run_promotions
 from workers.bench.chaos_hostile import run_hostile
 from workers.bench.chaosfleet import VISIBILITY_TIMEOUT_S
 
 pytestmark = pytest.mark.integration
-chaos = pytest.mark.skipif(
-    not os.environ.get("TORCHFLEET_CHAOS"), reason="fault injection: run with `make chaos`"
-)
+chaos = CHAOS_ONLY
 RSS_GROWTH_MB = 256  # with the pixel limit off, the batch grew the worker by 712 MB
 
 

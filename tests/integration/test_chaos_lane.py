@@ -7,21 +7,16 @@ It starts a private fleet and kills several worker processes: it runs under ``ma
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from producers.client import Client
+from tests.integration.chaos_harness import CHAOS_ONLY
 from workers.bench.chaos_lane import LANE_FAULTS, run_lane
 from workers.bench.chaos_report import lane_failed
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        not os.environ.get("TORCHFLEET_CHAOS"), reason="fault injection: run with `make chaos`"
-    ),
-]
+pytestmark = [pytest.mark.integration, CHAOS_ONLY]
 REQUESTS = 100
 SETTLE_S = 60.0
 

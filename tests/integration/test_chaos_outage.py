@@ -8,7 +8,6 @@ Run under ``make chaos`` (TORCHFLEET_CHAOS=1): each test owns a redis-server and
 from __future__ import annotations
 
 import json
-import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,8 @@ from shared.deadletter import crash_count, list_dead_letters
 from shared.names import KOMBU_UNACKED
 from tests.fleet import until
 from tests.integration.chaos_harness import (
+    CHAOS_ONLY,
+    REDIS_DOWN_WARNINGS,
     ChaosFleet,
     chaos_input,
     counts,
@@ -30,14 +31,7 @@ from tests.integration.chaos_harness import (
 from workers.bench.chaos_models import MODE_HOLD, MODE_KILL
 from workers.bench.chaos_outage import run_outage
 
-pytestmark = [
-    pytest.mark.integration,
-    # Celery's AsyncResult unsubscribes in __del__, which fails while Redis is down.
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-    pytest.mark.skipif(
-        not os.environ.get("TORCHFLEET_CHAOS"), reason="fault injection: run with `make chaos`"
-    ),
-]
+pytestmark = [pytest.mark.integration, REDIS_DOWN_WARNINGS, CHAOS_ONLY]
 WAIT_S = 120
 
 

@@ -8,7 +8,6 @@ processes).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,14 +15,9 @@ import pytest
 
 from shared.deadletter import delivery_counts, list_dead_letters
 from shared.names import TASK_PIPELINE_COMPRESS
-from tests.integration.chaos_harness import ChaosFleet, open_fleet, register_chaos
+from tests.integration.chaos_harness import CHAOS_ONLY, ChaosFleet, open_fleet, register_chaos
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        not os.environ.get("TORCHFLEET_CHAOS"), reason="fault injection: run with `make chaos`"
-    ),
-]
+pytestmark = [pytest.mark.integration, CHAOS_ONLY]
 WAIT_S = 120
 DIGITS = {"name": "digits", "limit": 64, "image_size": 4, "channels": 1}
 

@@ -5,7 +5,6 @@ Run under ``make chaos`` (TORCHFLEET_CHAOS=1): each test owns a redis-server and
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +14,8 @@ import pytest
 import redis
 
 from tests.integration.chaos_harness import (
+    CHAOS_ONLY,
+    REDIS_DOWN_WARNINGS,
     ChaosFleet,
     chaos_input,
     counts,
@@ -24,14 +25,7 @@ from tests.integration.chaos_harness import (
     register_chaos,
 )
 
-pytestmark = [
-    pytest.mark.integration,
-    # Celery's AsyncResult unsubscribes in __del__, which fails while Redis is down.
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-    pytest.mark.skipif(
-        not os.environ.get("TORCHFLEET_CHAOS"), reason="fault injection: run with `make chaos`"
-    ),
-]
+pytestmark = [pytest.mark.integration, REDIS_DOWN_WARNINGS, CHAOS_ONLY]
 WAIT_S = 180
 PAUSE_MS = 2000
 

@@ -168,15 +168,21 @@ def test_a_training_job_stuck_in_a_read_can_be_cancelled(limited: Limited) -> No
     assert not client.redis.exists(model_key(name))
 
 
+# A compress spec whose evaluation holds (hold_eval_after), with a 2 s limit.
+COMPRESS_2S: dict[str, Any] = {
+    "steps": [{"method": "quantize_dynamic", "variant": "int8"}],
+    "eval_dataset": {"name": "digits", "limit": 64, "image_size": 4, "channels": 1},
+    "gates": {"max_accuracy_drop": 1.0},
+    "time_limit_s": 2,
+}
+
+
 def test_a_compress_job_held_in_a_loop_is_stopped_at_its_time_limit(limited: Limited) -> None:
     client = limited.client
     source = register_chaos(limited.settings, num_classes=10, hold_eval_after=1)
     job = client.submit_compress(
         source=source,
-        steps=[{"method": "quantize_dynamic", "variant": "int8"}],
-        eval_dataset={"name": "digits", "limit": 64, "image_size": 4, "channels": 1},
-        gates={"max_accuracy_drop": 1.0},
-        time_limit_s=2,
+        **COMPRESS_2S,
     )
     state = client.wait_state(job, timeout=WAIT_S)
     assert (state.status, state.error_code) == ("FAILURE", "time_limit"), state
@@ -193,10 +199,7 @@ def test_a_pipeline_stage_past_its_time_limit_ends_the_pipeline_with_a_report(
     source = register_chaos(limited.settings, num_classes=10, hold_eval_after=1)
     job = client.submit_pipeline(
         source=source,
-        steps=[{"method": "quantize_dynamic", "variant": "int8"}],
-        eval_dataset={"name": "digits", "limit": 64, "image_size": 4, "channels": 1},
-        gates={"max_accuracy_drop": 1.0},
-        time_limit_s=2,
+        **COMPRESS_2S,
     )
     report = client.wait(job, timeout=WAIT_S)
     assert (report["status"], report["error_code"]) == ("failed", "time_limit"), report

@@ -27,6 +27,7 @@ from shared.names import (
 )
 from tests.fleet import until
 from tests.integration.chaos_harness import (
+    REDIS_DOWN_WARNINGS,
     ChaosFleet,
     chaos_input,
     drain,
@@ -38,11 +39,7 @@ from tests.integration.deliveries import doom
 from workers.bench.chaos_memory import fill_redis, free_redis, run_memory
 from workers.bench.chaos_models import MODE_HOLD
 
-pytestmark = [
-    pytest.mark.integration,
-    # Celery's AsyncResult unsubscribes in __del__, which fails while Redis is full.
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = [pytest.mark.integration, REDIS_DOWN_WARNINGS]  # or full: the same warning
 WAIT_S = 60
 PAYLOAD_CAP = 256 * 1024
 RESULT_CAP = 32 * 1024

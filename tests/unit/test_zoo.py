@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from shared.errors import InvalidJob, UnknownArchitecture
+from shared.settings import get_settings
 from workers.zoo.models import MODELS, create_model, list_models
 
 
@@ -46,3 +47,23 @@ def test_an_image_size_the_seed_cnn_cannot_take_is_an_input_error() -> None:
 def test_an_unknown_architecture_names_the_known_ones() -> None:
     with pytest.raises(UnknownArchitecture, match="resnet18"):
         create_model("vgg99")
+
+
+def test_a_model_of_billions_of_parameters_is_refused_before_it_is_built() -> None:
+    # Each argument is within its bound (65,536), the whole is 4.5 billion parameters (18 GB
+    # of float32): counted on the meta device, never allocated.
+    with pytest.raises(InvalidJob, match="TORCHFLEET_MAX_MODEL_PARAMS") as caught:
+        create_model("mlp", hidden=65_536, depth=2)
+    assert "4,497,080,330 parameters" in str(caught.value)
+
+
+def test_the_parameter_limit_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCHFLEET_MAX_MODEL_PARAMS", "100000")
+    get_settings.cache_clear()
+    try:
+        create_model("cifar_cnn")  # 60,362 parameters
+        with pytest.raises(InvalidJob, match="limit of 100,000"):
+            create_model("resnet18")
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()

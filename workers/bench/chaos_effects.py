@@ -239,14 +239,17 @@ def killed_after_registration(fleet: ChaosFleet) -> dict[str, Any]:
     answer = drain(fleet.client, [job_id], DRAIN_S)[job_id]
     figures = judged(fleet, name, job_id, answer, [redelivered])
     rewritten = at_stop["alias_digest"] != effects(fleet.client, name, job_id)["alias_digest"]
+    # a redelivery keeps the record its job wrote: a new digest behind the alias is a side
+    # effect done twice (the manifest's lineage would name the second worker)
+    duplicates = figures["duplicates_with_side_effects"] + int(rewritten)
     return {
         **figures,
+        "duplicates_with_side_effects": duplicates,
         "at_stop": {
             "versions": at_stop["versions"],
             "alias_version": at_stop["alias_version"],
             "answered": answered,
         },
-        # the redelivery registers its version again: its manifest names its own worker
         "digest_rewritten": rewritten,
         "elapsed_s": round(time.monotonic() - started, 1),
     }

@@ -157,11 +157,11 @@ def render(report: dict[str, Any]) -> None:
             continue
         verdict = "FAILED" if check.failed(section) else "ok"
         print(f"{name}: {check.title} [{verdict}]")
-        figures = check.figures or tuple(k for k in section if not isinstance(section[k], list))
+        figures = check.figures or tuple(k for k in section if not _nested(section[k]))
         for key in figures:
             print(f"  {key:<26} {section[key]}")
         for key, value in section.items():  # the scenarios of a check, each on one line
-            if isinstance(value, dict):
+            if isinstance(value, dict) and value:
                 flat = ", ".join(f"{k} {v}" for k, v in value.items() if not _nested(v))
                 print(f"  {key}: {flat}")
         faults = section.get("faults")

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 import torch
 
-from shared.errors import BrokerUnavailable, ResourceExhausted
+from shared.errors import BrokerUnavailable, ModelNotFound, ResourceExhausted
 from shared.jobs import Scalar, TrainJob, TrainResult
 from shared.manifest import Manifest
 from shared.registry import BASE_VARIANT, VariantRecord
@@ -202,6 +202,18 @@ def lineage(job: TrainJob, ctx: JobContext, resumed_from: int | None) -> dict[st
     }
 
 
+def registered_by(ctx: JobContext, name: str, version: int | None) -> VariantRecord | None:
+    """The base record of ``name:version`` if this job wrote it (a delivery killed after
+    registering, before its answer was stored); None when there is none yet."""
+    if version is None:
+        return None
+    try:
+        record = ctx.registry.get(name, version, BASE_VARIANT)
+    except ModelNotFound:
+        return None
+    return record if record.job_id == ctx.job_id else None
+
+
 def register(
     job: TrainJob,
     ctx: JobContext,
@@ -227,7 +239,11 @@ def register(
         metrics=metrics,
         lineage={**lineage(job, ctx, resumed_from), "dataset_layout": bundle.layout},
     )
-    stored = ctx.store.put_model(run.best_weights, manifest)
+    own = registered_by(ctx, job.model_name, run.version)
+    if own is not None:  # a redelivery after this job registered: keep its record as it is
+        stored = ctx.store.get_manifest(own.digest)
+    else:
+        stored = ctx.store.put_model(run.best_weights, manifest)
     record = VariantRecord(
         digest=stored.sha256, arch=job.arch, method="train", metrics=metrics, job_id=ctx.job_id
     )
@@ -235,7 +251,8 @@ def register(
         if run.version is None:
             run.version = ctx.registry.new_version(job.model_name)
             save_checkpoint(ctx, job, parts, run)
-        ctx.registry.register(job.model_name, run.version, BASE_VARIANT, record)
+        if own is None:
+            ctx.registry.register(job.model_name, run.version, BASE_VARIANT, record)
         for alias in job.aliases:
             ctx.registry.set_alias(job.model_name, alias, run.version)
     except redis.RedisError as e:

@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from shared.errors import InvalidJob, UnknownArchitecture
+from shared.settings import get_settings
 from workers.catalog import Registry
 
 ModelBuilder = Callable[..., nn.Module]
@@ -20,12 +22,28 @@ register_model = MODELS.register
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered architecture; bad arguments are input errors, not crashes."""
+    """Build a registered architecture; bad arguments are input errors, not crashes, and so
+    is a model over ``settings.max_model_params`` (counted before any memory is taken)."""
     builder = MODELS.get(name)
     try:
+        check_size(name, kwargs, builder)
         return builder(**kwargs)
     except (TypeError, ValueError) as e:
         raise InvalidJob(f"cannot build {name!r} with {kwargs}: {e}") from e
+
+
+def check_size(name: str, kwargs: dict[str, Any], builder: ModelBuilder) -> None:
+    """Refuse a model with more parameters than the worker allows. Built on the meta device
+    first: every argument can be within its own bounds while the whole is billions of
+    parameters, which a real build would try to allocate."""
+    limit = get_settings().max_model_params
+    with torch.device("meta"):
+        params = sum(p.numel() for p in builder(**kwargs).parameters())
+    if params > limit:
+        raise InvalidJob(
+            f"{name!r} with {kwargs} has {params:,} parameters, over this worker's limit of "
+            f"{limit:,} (TORCHFLEET_MAX_MODEL_PARAMS): choose smaller arch_kwargs"
+        )
 
 
 def list_models() -> list[str]:
