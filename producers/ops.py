@@ -99,11 +99,15 @@ def lane_depths(redis: Redis, *, now: float) -> dict[str, dict[str, Any]]:
             pipe.xpending(stream, LANE_GROUP)
             pipe.xinfo_consumers(stream, LANE_GROUP)
         replies = pipe.execute(raise_on_error=False)  # NOGROUP: no worker served it yet
+    names = {
+        stream: [text(c["name"]) for c in found] if isinstance(found, list) else []
+        for (_, stream), found in zip(streams, replies[2::3], strict=True)
+    }
+    alive = live_consumers(redis, {(kind, n) for kind, stream in streams for n in names[stream]})
     depths = {}
     for i, (kind, stream) in enumerate(streams):
-        length, pending, consumers = replies[3 * i : 3 * i + 3]
+        length, pending = replies[3 * i : 3 * i + 2]
         summary = pending if isinstance(pending, dict) else {}
-        names = [text(c["name"]) for c in consumers] if isinstance(consumers, list) else []
         oldest = summary.get("min")
         depths[stream] = {
             "lane": kind,
@@ -114,21 +118,21 @@ def lane_depths(redis: Redis, *, now: float) -> dict[str, dict[str, Any]]:
             "pending_by_consumer": {
                 text(c["name"]): int(c["pending"]) for c in summary.get("consumers") or []
             },
-            "consumers": live_consumers(redis, kind, names),
+            "consumers": sorted(n for n in names[stream] if (kind, n) in alive),
             "oldest_pending_s": (now_ms - _id_ms(oldest)) / 1000 if oldest else None,
         }
     return depths
 
 
-def live_consumers(redis: Redis, lane: str, names: list[str]) -> list[str]:
-    """The consumers of a lane's group whose heartbeat is there (the group keeps the dead)."""
-    if not names:
-        return []
+def live_consumers(redis: Redis, candidates: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The (lane, consumer) pairs whose heartbeat is there (a group keeps the dead), in one
+    round trip."""
+    pairs = sorted(candidates)
     with redis.pipeline(transaction=False) as pipe:
-        for name in names:
+        for lane, name in pairs:
             pipe.exists(lane_alive_key(lane, name))
         alive = pipe.execute()
-    return sorted(name for name, up in zip(names, alive, strict=True) if up)
+    return {pair for pair, up in zip(pairs, alive, strict=True) if up}
 
 
 def _id_ms(entry_id: bytes | str) -> int:
