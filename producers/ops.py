@@ -8,6 +8,7 @@ from typing import Any
 
 from redis import Redis
 
+from shared.clock import server_time
 from shared.deadletter import in_flight
 from shared.names import (
     DEVICE_KINDS,
@@ -26,6 +27,7 @@ from shared.names import (
     lane_streams,
     queue_keys,
 )
+from shared.registry_records import text
 from shared.settings import DEFAULT_VISIBILITY_TIMEOUT_S
 from shared.stats import decode_record
 
@@ -71,25 +73,25 @@ def fleet_status(
             "lanes": {str(s): int(n) for s, n in zip(PRIORITY_STEPS, per_lane, strict=True)},
         }
     live = {str(w.get("name")): w.get("holding", []) for w in workers}
+    now = server_time(redis)  # the clock the workers write and judge ages by
     return {
         "time": time.time(),
         "workers": sorted(workers, key=lambda w: str(w.get("name"))),
         "queues": queues,
-        "lane_streams": lane_depths(redis),
+        "lane_streams": lane_depths(redis, now=now),
         "deadletter": int(counts[-1]),
         "redis_memory": redis_memory(redis),
-        "in_flight": in_flight(redis, live, visibility_timeout_s=visibility_timeout_s),
+        "in_flight": in_flight(redis, live, visibility_timeout_s=visibility_timeout_s, now=now),
         "visibility_timeout_s": visibility_timeout_s,
         "restore_interval_s": restore_interval_s,
     }
 
 
-def lane_depths(redis: Redis) -> dict[str, dict[str, Any]]:
+def lane_depths(redis: Redis, *, now: float) -> dict[str, dict[str, Any]]:
     """Each online lane stream: entries (``length``), read but unanswered (``pending``, by
     consumer), not read yet (``waiting``), live consumers (a heartbeat), and the age of the
-    oldest pending request since it was sent, by the Redis server's clock."""
-    seconds, micros = redis.time()
-    now_ms = seconds * 1000 + micros // 1000
+    oldest pending request since it was sent, by the Redis server's clock (``now``)."""
+    now_ms = now * 1000
     streams = [(kind, stream) for kind in DEVICE_KINDS for stream in lane_streams(kind)]
     with redis.pipeline(transaction=False) as pipe:
         for _, stream in streams:
@@ -97,11 +99,15 @@ def lane_depths(redis: Redis) -> dict[str, dict[str, Any]]:
             pipe.xpending(stream, LANE_GROUP)
             pipe.xinfo_consumers(stream, LANE_GROUP)
         replies = pipe.execute(raise_on_error=False)  # NOGROUP: no worker served it yet
+    names = {
+        stream: [text(c["name"]) for c in found] if isinstance(found, list) else []
+        for (_, stream), found in zip(streams, replies[2::3], strict=True)
+    }
+    alive = live_consumers(redis, {(kind, n) for kind, stream in streams for n in names[stream]})
     depths = {}
     for i, (kind, stream) in enumerate(streams):
-        length, pending, consumers = replies[3 * i : 3 * i + 3]
+        length, pending = replies[3 * i : 3 * i + 2]
         summary = pending if isinstance(pending, dict) else {}
-        names = [_text(c["name"]) for c in consumers] if isinstance(consumers, list) else []
         oldest = summary.get("min")
         depths[stream] = {
             "lane": kind,
@@ -110,31 +116,27 @@ def lane_depths(redis: Redis) -> dict[str, dict[str, Any]]:
             "pending": int(summary.get("pending") or 0),
             "waiting": max(0, int(length) - int(summary.get("pending") or 0)),
             "pending_by_consumer": {
-                _text(c["name"]): int(c["pending"]) for c in summary.get("consumers") or []
+                text(c["name"]): int(c["pending"]) for c in summary.get("consumers") or []
             },
-            "consumers": live_consumers(redis, kind, names),
+            "consumers": sorted(n for n in names[stream] if (kind, n) in alive),
             "oldest_pending_s": (now_ms - _id_ms(oldest)) / 1000 if oldest else None,
         }
     return depths
 
 
-def live_consumers(redis: Redis, lane: str, names: list[str]) -> list[str]:
-    """The consumers of a lane's group whose heartbeat is there (the group keeps the dead)."""
-    if not names:
-        return []
+def live_consumers(redis: Redis, candidates: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The (lane, consumer) pairs whose heartbeat is there (a group keeps the dead), in one
+    round trip."""
+    pairs = sorted(candidates)
     with redis.pipeline(transaction=False) as pipe:
-        for name in names:
+        for lane, name in pairs:
             pipe.exists(lane_alive_key(lane, name))
         alive = pipe.execute()
-    return sorted(name for name, up in zip(names, alive, strict=True) if up)
+    return {pair for pair, up in zip(pairs, alive, strict=True) if up}
 
 
 def _id_ms(entry_id: bytes | str) -> int:
-    return int(_text(entry_id).split("-", 1)[0])
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return int(text(entry_id).split("-", 1)[0])
 
 
 def redis_memory(redis: Redis) -> dict[str, Any]:

@@ -39,7 +39,9 @@ def worker(
     """Start a Celery worker pinned to one device (one process; threads, never forks)."""
     unknown = set(queues.split(",")) - set(ALL_QUEUES)
     if unknown:
-        fail(EXIT_INPUT, f"unknown queue(s) {sorted(unknown)}; known: {', '.join(ALL_QUEUES)}")
+        hint = f" ({QUEUE_BENCH}: pass --bench instead)" if QUEUE_BENCH in unknown else ""
+        known = ", ".join(ALL_QUEUES)
+        fail(EXIT_INPUT, f"unknown queue(s) {sorted(unknown)}; known: {known}{hint}")
     if bench:
         queues = f"{queues},{QUEUE_BENCH}"
     from workers.main import prepare_worker, run_worker

@@ -171,6 +171,12 @@ def test_cli_unknown_ids_exit_2(settings: Settings, redis_client: redis.Redis) -
         assert "was submitted" in done.stderr and "PENDING" not in done.stdout
 
 
+def test_cli_worker_names_the_flag_for_the_bench_queue(settings: Settings) -> None:
+    done = torchfleet(settings, "worker", "--queues", "infer,bench")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "unknown queue(s) ['bench']" in done.stderr and "pass --bench" in done.stderr
+
+
 def test_cli_warns_without_a_worker_and_the_wait_ends_with_exit_3(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
