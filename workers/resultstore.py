@@ -31,16 +31,7 @@ class FleetBackend(RedisBackend):
 
     def _set_with_state(self, key: str, value: Any, state: str) -> Any:
         ttl = self.failure_ttl_s if state in UNSUCCESSFUL else self.expires
-        return wait_out(lambda: self.ensure(self._write, (key, value, ttl)), f"the result {key!r}")
-
-    def _write(self, key: str, value: Any, ttl: int | None) -> None:
-        with self.client.pipeline() as pipe:
-            if ttl:
-                pipe.setex(key, ttl, value)
-            else:
-                pipe.set(key, value)
-            pipe.publish(key, value)
-            pipe.execute()
+        return wait_out(lambda: self.set(key, value, ttl), f"the result {key!r}")
 
 
 def backend_class() -> str:

@@ -39,7 +39,7 @@ from workers.jobs.serving import prepare_serving
 from workers.lane import start_lane, stop_lane
 from workers.lane.control import register_lane_command
 from workers.limits import start_watchdog, stop_watchdog
-from workers.runtime import effective_settings, get_runtime, stop_runtime
+from workers.runtime import get_runtime, stop_runtime
 from workers.sweeper import start_sweeper, stop_sweeper
 
 log = logging.getLogger("torchfleet.worker")
@@ -59,16 +59,15 @@ def connect_signals() -> None:
 def on_init(**_: Any) -> None:
     """Before the consumer starts: the transport guards, the server's clock, the memory
     pause and the plugins."""
-    settings = effective_settings()
     transport.guard_transport()
-    transport.use_server_clock(redis_client(settings), settings.clock_skew_s)
     rt = get_runtime()
+    transport.use_server_clock(rt.client, rt.settings.clock_skew_s)
     redisfull.GUARD.install(
         rt.client,
         on_resume=[partial(renew_held, rt.client)],
         on_change=[poke_heartbeat],
     )
-    load_plugins(settings.plugins)
+    load_plugins(rt.settings.plugins)
 
 
 def renew_held(client: Any) -> None:
