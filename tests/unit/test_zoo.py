@@ -67,3 +67,23 @@ def test_the_parameter_limit_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> No
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
+
+
+def test_a_builder_the_meta_device_cannot_run_is_counted_once_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def reads_values(**kwargs: int) -> torch.nn.Module:
+        module = torch.nn.Linear(4, 4)
+        module.weight.sum().item()  # a value: NotImplementedError on the meta device
+        return module
+
+    monkeypatch.setitem(MODELS._items, "reads_values", reads_values)
+    assert sum(p.numel() for p in create_model("reads_values").parameters()) == 20
+    monkeypatch.setenv("TORCHFLEET_MAX_MODEL_PARAMS", "10")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(InvalidJob, match="20 parameters"):
+            create_model("reads_values")
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()

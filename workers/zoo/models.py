@@ -26,19 +26,31 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     is a model over ``settings.max_model_params`` (counted before any memory is taken)."""
     builder = MODELS.get(name)
     try:
-        check_size(name, kwargs, builder)
-        return builder(**kwargs)
+        counted = meta_parameters(builder, kwargs)
+        if counted is not None:
+            check_size(name, kwargs, counted)
+        module = builder(**kwargs)
     except (TypeError, ValueError) as e:
         raise InvalidJob(f"cannot build {name!r} with {kwargs}: {e}") from e
+    if counted is None:  # a builder the meta device cannot run: counted once it is built
+        check_size(name, kwargs, sum(p.numel() for p in module.parameters()))
+    return module
 
 
-def check_size(name: str, kwargs: dict[str, Any], builder: ModelBuilder) -> None:
-    """Refuse a model with more parameters than the worker allows. Built on the meta device
-    first: every argument can be within its own bounds while the whole is billions of
-    parameters, which a real build would try to allocate."""
+def meta_parameters(builder: ModelBuilder, kwargs: dict[str, Any]) -> int | None:
+    """The model's parameter count, built on the meta device (no memory taken): every
+    argument can be within its own bounds while the whole is billions of parameters. None
+    when the builder needs real tensors (a plugin that reads values while it builds)."""
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in builder(**kwargs).parameters())
+    except (NotImplementedError, RuntimeError):
+        return None
+
+
+def check_size(name: str, kwargs: dict[str, Any], params: int) -> None:
+    """Refuse a model with more parameters than the worker allows."""
     limit = get_settings().max_model_params
-    with torch.device("meta"):
-        params = sum(p.numel() for p in builder(**kwargs).parameters())
     if params > limit:
         raise InvalidJob(
             f"{name!r} with {kwargs} has {params:,} parameters, over this worker's limit of "
