@@ -1,4 +1,5 @@
-"""Integration fixtures: one real redis-server and one real worker process per test session."""
+"""Integration fixtures: one real redis-server and one real worker process per test session,
+and a private chaos fleet per test for the tests that kill workers or Redis."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from producers.client import Client
 from shared.embedded import EmbeddedRedis
 from shared.settings import Settings
 from tests.fleet import WorkerProcess
+from tests.integration.chaos_harness import ChaosFleet, open_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -54,3 +56,11 @@ def worker(fleet_env: dict[str, str], fleet_dir: Path, client: Client) -> Iterat
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[ChaosFleet]:
+    """A private chaos fleet: its own redis-server, workers started on demand (a module that
+    needs other options defines its own ``fleet``)."""
+    with open_fleet(tmp_path / "fleet") as chaos:
+        yield chaos

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +23,6 @@ from tests.integration.chaos_harness import (
     chaos_input,
     counts,
     drain,
-    open_fleet,
     register_chaos,
     submit_many,
     wait_status,
@@ -35,15 +32,6 @@ from workers.faults import EXIT_DEVICE_FAULT
 
 pytestmark = [pytest.mark.integration, CHAOS_ONLY]
 WAIT_S = 120
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[ChaosFleet]:
-    chaos = open_fleet(tmp_path / "fleet")
-    try:
-        yield chaos
-    finally:
-        chaos.close()
 
 
 def successes(client: Client, job_id: str) -> int:

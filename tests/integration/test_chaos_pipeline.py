@@ -8,27 +8,15 @@ processes).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from shared.deadletter import delivery_counts, list_dead_letters
 from shared.names import TASK_PIPELINE_COMPRESS
-from tests.integration.chaos_harness import CHAOS_ONLY, ChaosFleet, open_fleet, register_chaos
+from tests.integration.chaos_harness import CHAOS_ONLY, ChaosFleet, register_chaos
 
 pytestmark = [pytest.mark.integration, CHAOS_ONLY]
 WAIT_S = 120
 DIGITS = {"name": "digits", "limit": 64, "image_size": 4, "channels": 1}
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[ChaosFleet]:
-    chaos = open_fleet(tmp_path / "fleet")
-    try:
-        yield chaos
-    finally:
-        chaos.close()
 
 
 def test_a_stage_that_keeps_losing_its_worker_is_dead_lettered_with_a_report(

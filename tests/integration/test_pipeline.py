@@ -136,13 +136,15 @@ def test_a_stage_delivered_again_after_its_report_is_stored_is_not_run_again(
     client: Client, worker: WorkerProcess, promoted: dict[str, Any]
 ) -> None:
     # A worker killed after storing the train stage's report but before acknowledging it:
-    # the stage's message comes back under the same id. It is admitted like any task (its
-    # delivery counted) and answered from its stored report: the stage does not start again
-    # (it would take a new fencing token for its registry writes, and train again).
+    # the stage's message comes back under the same id. It is admitted like any task and
+    # answered from its stored report (a redelivery of a finished job is not counted): the
+    # stage does not start again (it would take a new fencing token for its registry writes,
+    # and train again).
     job_id, stage_id = promoted["job_id"], f"{promoted['job_id']}:train"
     assert client.state(stage_id).status == "SUCCESS"
     assert delivery_counts(client.redis, stage_id) == {"delivered": 1, "executed": 1}
     fence = client.redis.get(fence_key(f"{job_id}-train"))
+    assert fence is not None  # the first delivery's token, which a second start would move
     runs = _started(client, worker)
     first = PipelineResult(job_id=job_id, model=promoted["model"], alias="production")
     train = {"model_name": promoted["model"], "arch": "mlp", "epochs": 1, "dataset": DIGITS}

@@ -147,17 +147,19 @@ def test_the_pause_probes_resumes_and_settles_what_it_left_in_order(
         on_resume=[lambda: calls.append("renew")],
         on_change=[lambda: calls.append("change")],
     )
-    guard.pause(redis.OutOfMemoryError("full"))
-    guard.pause(redis.OutOfMemoryError("full again"))  # one pause, one probe
-    guard.leave(lambda: full_redis.set("acked", b"1"))
-    assert guard.paused and not guard.wait_for_room(1.5)  # still full: still paused
-    assert calls == ["change"] and guard.left() == 1
-    free_redis(full_redis)
-    assert guard.wait_for_room(10)
-    until(lambda: len(calls) == 3, "the resume to be announced")
-    assert calls == ["change", "renew", "change"] and guard.left() == 0
-    assert full_redis.get("acked") == b"1" and guard.since is None
-    guard.stop()
+    try:
+        guard.pause(redis.OutOfMemoryError("full"))
+        guard.pause(redis.OutOfMemoryError("full again"))  # one pause, one probe
+        guard.leave(lambda: full_redis.set("acked", b"1"))
+        assert guard.paused and not guard.wait_for_room(1.5)  # still full: still paused
+        assert calls == ["change"] and guard.left() == 1
+        free_redis(full_redis)
+        assert guard.wait_for_room(10)
+        until(lambda: len(calls) == 3, "the resume to be announced")
+        assert calls == ["change", "renew", "change"] and guard.left() == 0
+        assert full_redis.get("acked") == b"1" and guard.since is None
+    finally:
+        guard.stop()  # a failed assert must not leave its probe thread behind
 
 
 def test_a_write_refused_for_memory_is_waited_out(full_redis: redis.Redis) -> None:

@@ -297,27 +297,18 @@ def concurrent_promotions(
 
 # ----------------------------------------------------------------- entry points
 def run_frozen(root: Path, client: ClientFactory) -> dict[str, Any]:
-    fleet = open_fleet(root / "frozen", client=client)
-    try:
+    with open_fleet(root / "frozen", client=client) as fleet:
         return frozen_past_visibility(fleet)
-    finally:
-        fleet.close()
 
 
 def run_killed(root: Path, client: ClientFactory) -> dict[str, Any]:
-    fleet = open_fleet(root / "killed", client=client)
-    try:
+    with open_fleet(root / "killed", client=client) as fleet:
         return killed_after_registration(fleet)
-    finally:
-        fleet.close()
 
 
 def run_promotions(root: Path, client: ClientFactory, writers: int = WRITERS) -> dict[str, Any]:
-    fleet = open_fleet(root / "promotions", client=client)
-    try:
+    with open_fleet(root / "promotions", client=client) as fleet:
         return concurrent_promotions(fleet, client, writers)
-    finally:
-        fleet.close()
 
 
 def run_effects(root: Path, client: ClientFactory, *, writers: int = WRITERS) -> dict[str, Any]:

@@ -115,6 +115,12 @@ class ChaosFleet:
             time.sleep(POLL_S)  # waits on the marks the held forwards write
         raise TimeoutError(f"fewer than {count} forwards held within {timeout} s")
 
+    def __enter__(self) -> ChaosFleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         # Pending AsyncResults unsubscribe from Redis when collected: let them do it now,
         # while this Redis still answers (if it still does), not at some later test.
