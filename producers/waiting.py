@@ -15,6 +15,7 @@ from typing import Any
 import redis
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.states import READY_STATES
 
 from producers.ops import live_queues
 from producers.state import JobState, ProgressFn, UnknownJob, read_metas, state_from_meta
@@ -87,9 +88,29 @@ def timed_out(job_id: str, timeout: float, status: str) -> JobTimeout:
 def wait_pubsub(
     app: Celery, job_id: str, timeout: float, watch: WorkerWatch, read: Callable[[], JobState]
 ) -> JobState:
-    """Wait on the result backend's pub/sub notification, waking to check the heartbeats."""
-    handle = app.AsyncResult(job_id)
+    """Wait on the result backend's pub/sub notification, waking to check the heartbeats.
+
+    An answer is taken only once the stored record is finished too: Celery keeps pub/sub
+    answers that came in while nobody waited, and hands them to the next waiter on the id,
+    so a process that waited on a job, requeued it (the same id, its result forgotten) and
+    waits again would be handed the old run's answer."""
     deadline = time.monotonic() + timeout
+    while True:
+        state = wait_handle(app, job_id, deadline, timeout, watch, read)
+        if stored_finished(app, job_id):
+            return state
+
+
+def wait_handle(
+    app: Celery,
+    job_id: str,
+    deadline: float,
+    timeout: float,
+    watch: WorkerWatch,
+    read: Callable[[], JobState],
+) -> JobState:
+    """One ``AsyncResult`` waited on until it has an answer (or the deadline)."""
+    handle = app.AsyncResult(job_id)
     try:
         while True:
             remaining = deadline - time.monotonic()
@@ -105,6 +126,12 @@ def wait_pubsub(
         # Unsubscribe while the connection lives; left to AsyncResult.__del__ at exit, it
         # prints a traceback about a closed result store.
         app.backend.remove_pending_result(handle)
+
+
+def stored_finished(app: Celery, job_id: str) -> bool:
+    """Whether the job's stored record (read from Redis, no cache) says it has finished."""
+    [meta] = read_metas(app, [job_id])
+    return meta is not None and meta.get("status") in READY_STATES
 
 
 def wait_polling(

@@ -16,7 +16,7 @@ import redis
 
 from producers import Client, NoWorker, UnknownJob, encode_images
 from shared.embedded import EmbeddedRedis
-from shared.errors import JobTimeout, ModelNotFound
+from shared.errors import JobFailed, JobTimeout, ModelNotFound
 from shared.names import worker_key
 from shared.registry import ModelRegistry, VariantRecord
 from shared.settings import Settings
@@ -110,6 +110,28 @@ def test_as_completed_and_wait_many_return_finished_states(client: Client) -> No
     assert {s.job_id for s in client.as_completed(ids, timeout=5)} == set(ids)
     states = client.wait_many(ids, timeout=5)
     assert [s.job_id for s in states] == ids and all(s.status == "SUCCESS" for s in states)
+
+
+def test_a_job_sent_again_is_not_answered_with_its_old_runs_answer(
+    client: Client, redis_client: redis.Redis
+) -> None:
+    """A process that waited on a job, requeued it (same id, result forgotten) and waits
+    again must wait for the new run, even when Celery still holds the old answer."""
+    job_id = client.submit_train(model_name="digits", epochs=1)
+    fake_heartbeat(redis_client, ["train"])
+    backend = client.app.backend
+    backend.mark_as_failure(job_id, RuntimeError("the first run failed"))
+    with pytest.raises(JobFailed, match="the first run failed"):
+        client.wait(job_id, timeout=5)
+    old = backend.get_task_meta(job_id, cache=False)
+    backend.forget(job_id)  # what a dead-letter requeue does before it sends the job again
+    # The old run's pub/sub answer, as Celery keeps one that arrives after its waiter left
+    # (celery.backends.asynchronous.BaseResultConsumer.on_state_change) for the next waiter.
+    backend._pending_messages.put(job_id, old)
+    with pytest.raises(JobTimeout, match="within 1 s"):
+        client.wait(job_id, timeout=1.0)
+    backend.store_result(job_id, {"kind": "train", "run": 2}, "SUCCESS")
+    assert client.wait(job_id, timeout=5) == {"kind": "train", "run": 2}
 
 
 def test_infer_takes_image_paths_and_bytes(client: Client, tmp_path: Path) -> None:
