@@ -96,7 +96,8 @@ class Client(GroupJobs):
         source = model.source if isinstance(model, PipelineJob | CompressJob) else None
         if source is not None:
             self.registry.resolve(source)  # a missing source model fails here, not later
-        job_id, payload = job_id or uuid.uuid4().hex, job_payload(model)
+        job_id = job_id or uuid.uuid4().hex
+        payload = job_payload(model, self.settings.max_payload_bytes)
         with refused_when_full(f"job {job_id}"):
             self._send(model, job_id, payload, priority, stored)
         return job_id

@@ -77,20 +77,20 @@ class GroupJobs:
         group = jobs if isinstance(jobs, JobGroup) else validate_group(jobs)
         group_id = group_id or f"g-{uuid.uuid4().hex}"
         ids = [f"{group_id}-{i}" for i in range(len(group.jobs))]
-        record = {"job_ids": ids, "created_at": time.time()}
-        with refused_when_full(f"group {group_id}"):
-            self.redis.set(group_key(group_id), json.dumps(record), ex=self.settings.result_ttl_s)
-            self._remember(*ids, *(aggregate_ids(group_id) if aggregate else ()))
-            self._remember(group_id, kind="group")
-        signatures = [
+        signatures = [  # built first: a job over the payload limit leaves no group behind
             self.app.signature(
                 TASK_INFER,
-                args=(job_payload(job),),
+                args=(job_payload(job, self.settings.max_payload_bytes),),
                 task_id=job_id,
                 **self._route(job, None),
             )
             for job, job_id in zip(group.jobs, ids, strict=True)
         ]
+        record = {"job_ids": ids, "created_at": time.time()}
+        with refused_when_full(f"group {group_id}"):
+            self.redis.set(group_key(group_id), json.dumps(record), ex=self.settings.result_ttl_s)
+            self._remember(*ids, *(aggregate_ids(group_id) if aggregate else ()))
+            self._remember(group_id, kind="group")
         send_group(self.app, signatures, group_id, aggregate=aggregate)
         return group_id
 

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from shared.errors import InvalidJob
 from shared.jobs import AnyJob, InferJob, JobGroup, describe_errors, parse_job
+from shared.payload import check_payload
 
 
 def validate_job(spec: dict[str, Any]) -> AnyJob:
@@ -20,11 +21,14 @@ def validate_job(spec: dict[str, Any]) -> AnyJob:
         raise InvalidJob(f"invalid job: {describe_errors(e)}") from None
 
 
-def job_payload(model: AnyJob) -> dict[str, Any]:
-    """The JSON a task receives; an inference job is stamped with its submission time."""
+def job_payload(model: AnyJob, max_bytes: int) -> dict[str, Any]:
+    """The JSON a task receives; an inference job is stamped with its submission time. One
+    over ``max_bytes`` (inline images or tensors, say) is refused here, as a worker would."""
     if isinstance(model, InferJob) and model.submitted_at is None:
         model = model.model_copy(update={"submitted_at": time.time()})
-    return model.model_dump(mode="json", exclude_none=True)
+    payload = model.model_dump(mode="json", exclude_none=True)
+    check_payload(payload, max_bytes)
+    return payload
 
 
 def validate_group(jobs: Sequence[InferJob | dict[str, Any]]) -> JobGroup:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from shared.errors import BadTensor, InvalidJob
 from shared.jobs import REF_RE, ImagePayload, InferJob, ModelRef, TensorPayload, parse_job
 from shared.manifest import Manifest, Preprocessing
-from workers.admission import check_payload
+from shared.payload import check_payload
 from workers.inference import decode_inputs
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

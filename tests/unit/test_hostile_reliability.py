@@ -21,9 +21,10 @@ from shared.deadletter import (
 from shared.errors import DeadLettered, InvalidJob
 from shared.names import KEY_DEADLETTER
 from shared.names import KOMBU_UNACKED_INDEX as UNACKED_INDEX_KEY
+from shared.payload import check_payload
 from shared.requeue import requeue
 from shared.settings import Settings
-from workers.admission import admit, check_payload, mark_running, settle
+from workers.admission import admit, mark_running, settle
 from workers.faults import is_fatal_device_error
 from workers.transport import renew_visibility
 

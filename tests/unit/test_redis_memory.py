@@ -14,14 +14,16 @@ import redis
 from celery import states
 
 from producers.client import Client
+from producers.encoding import encode_images
 from producers.ops import fleet_status
 from shared.celery_app import create_app
 from shared.connection import OOM_REPLY, is_redis_full
 from shared.embedded import EmbeddedRedis
 from shared.errors import BrokerUnavailable, InvalidJob, RedisFull, ResultTooLarge
-from shared.names import input_key, result_key, worker_key
+from shared.names import group_key, input_key, job_key, result_key, worker_key
 from shared.settings import Settings
 from tests.fleet import until
+from tests.unit.test_user_traps import PNG_1PX
 from workers import redisfull
 from workers.bench.chaos_memory import fill_redis, free_redis
 from workers.footprint import check_result_size, check_stored_inputs, drop_stored_inputs
@@ -52,7 +54,14 @@ def test_the_client_refuses_inputs_over_max_payload_bytes_and_stores_nothing(
         with pytest.raises(InvalidJob, match="max_payload_bytes=10000"):
             client.submit(job, job_id="j", stored={input_key("j"): b"\0" * 10_001})
         client.submit_infer("m", np.zeros((10, 1, 8, 8), np.float32))  # 2,560 bytes: fine
-    assert not redis_client.exists(input_key("j"), "torchfleet:job:j")
+        png = PNG_1PX + b"\0" * 10_000  # inline images ride in the message as base64
+        with pytest.raises(InvalidJob, match="max_payload_bytes=10000"):
+            client.submit_infer("m", png, job_id="inline")
+        with pytest.raises(InvalidJob, match="max_payload_bytes=10000"):
+            client.submit_group([{"model": "m", "inputs": encode_images([png])}], group_id="g")
+    assert not redis_client.exists(
+        input_key("j"), job_key("j"), job_key("inline"), group_key("g"), job_key("g-0")
+    )
 
 
 def test_a_full_redis_refuses_a_submission_with_a_clear_error(full_redis: redis.Redis) -> None:
