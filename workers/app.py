@@ -98,7 +98,7 @@ class FleetTask(Task):
                 if admission.cancelled:
                     raise JobCancelled(f"job {job_id} was cancelled before it started")
                 limit = time_limit(rt.settings, kind, job.time_limit_s)
-                answer = self.answer_for(rt, job_id, started, model)
+                answer = self.answer_for(rt, job_id, started, model, payload)
                 result = self.watched(
                     limit,
                     job_id,
@@ -166,8 +166,11 @@ class FleetTask(Task):
         (:mod:`workers.limits`); ``on_abandon`` answers for a job that could not stop."""
         return run_watched(Watch(self.request.id, cancel_id, limit, on_abandon), fn)
 
-    def answer_for(self, rt: Runtime, job_id: str, started: float, model: Any) -> OnAbandon:
-        """What the watchdog stores for a job of this task stuck past its stop."""
+    def answer_for(
+        self, rt: Runtime, job_id: str, started: float, model: Any, payload: Any
+    ) -> OnAbandon:
+        """What the watchdog stores for a job of this task stuck past its stop: its answer,
+        and no checkpoint or stored inputs left behind (its stuck thread has its inputs)."""
 
         def answer(error: TorchfleetError) -> None:
             self.record(
@@ -178,6 +181,7 @@ class FleetTask(Task):
                 self.backend.mark_as_revoked(job_id, "cancelled")
             else:
                 self.backend.mark_as_failure(job_id, error)
+            drop_stored_inputs(rt.behind, payload, job_id)
 
         return answer
 

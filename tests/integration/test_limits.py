@@ -24,11 +24,11 @@ import pytest
 
 from producers.client import Client
 from shared.deadletter import delivery_counts
-from shared.names import KOMBU_UNACKED, model_key
+from shared.names import KOMBU_UNACKED, input_key, model_key
 from shared.settings import Settings
 from tests.fleet import WorkerProcess, register_cnn, until
 from workers.bench import chaos_models
-from workers.bench.chaosfleet import register_chaos
+from workers.bench.chaosfleet import chaos_input, register_chaos
 
 pytestmark = pytest.mark.integration
 LIMITS_DB = 8
@@ -42,6 +42,7 @@ class Limited:
     worker: WorkerProcess
     settings: Settings
     data: Path
+    chaos: Path
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def limited(fleet_env: dict[str, str], fleet_dir: Path) -> Iterator[Limited]:
         process = WorkerProcess(env=env, log_dir=fleet_dir, concurrency=2).start()
         try:
             process.wait_ready(client)
-            yield Limited(client, process, settings, data)
+            yield Limited(client, process, settings, data, chaos)
         finally:
             process.stop()
 
@@ -166,6 +167,39 @@ def test_a_training_job_stuck_in_a_read_can_be_cancelled(limited: Limited) -> No
     until(lambda: pool_of(limited)["stuck"] == 0, "the released thread to leave")
     assert client.state(job).status == "REVOKED"
     assert not client.redis.exists(model_key(name))
+
+
+def test_an_infer_job_stuck_in_io_is_answered_at_its_time_limit_and_its_inputs_go(
+    limited: Limited,
+) -> None:
+    block = limited.chaos / "block"  # chaos_net MODE_BLOCK reads this pipe: stuck in the kernel
+    os.mkfifo(block)
+    model = register_chaos(limited.settings)
+    writer: int | None = None
+    try:
+        with Client(limited.settings.model_copy(update={"inline_input_bytes": 0})) as client:
+            job = client.submit_infer(model, chaos_input(chaos_models.MODE_BLOCK), time_limit_s=1)
+            assert client.redis.exists(input_key(job))  # stored beside the message
+
+            def opened() -> bool:
+                nonlocal writer
+                try:  # only succeeds once the worker has the pipe open
+                    writer = os.open(block, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError:
+                    return False
+                return True
+
+            until(opened, "the job to open the pipe", WAIT_S)
+            state = client.wait_state(job, timeout=WAIT_S)
+            assert (state.status, state.error_code) == ("FAILURE", "time_limit"), state
+            until(lambda: not client.redis.exists(input_key(job)), "its stored inputs to go")
+            assert pool_of(limited)["stuck"] == 1  # answered for while its thread is stuck
+    finally:
+        if writer is not None:
+            os.close(writer)  # end of file: the stuck read returns
+        block.unlink()
+    until(lambda: pool_of(limited)["stuck"] == 0, "the released thread to leave")
+    assert limited.client.state(job).error_code == "time_limit"  # the late thread stored nothing
 
 
 # A compress spec whose evaluation holds (hold_eval_after), with a 2 s limit.

@@ -10,7 +10,10 @@ a poisoned input breaks the whole batch it is merged into) or by builder argumen
 * ``MODE_OOM`` (2.0): raise CUDA out-of-memory while the batch holds more than one input;
 * ``MODE_FATAL`` (3.0): raise an unrecoverable CUDA error;
 * ``MODE_HOLD`` (4.0): write ``holding-<pid>-<n>`` into ``$TF_CHAOS_DIR`` and wait there
-  until a ``release`` file appears, so that a test can kill the worker mid-job for sure.
+  until a ``release`` file appears, so that a test can kill the worker mid-job for sure;
+* ``MODE_BLOCK`` (5.0): open and read the named pipe ``$TF_CHAOS_DIR/block``, a call that
+  blocks in the kernel, where no stop sent to a Python thread lands, until the test opens
+  the pipe's other end and closes it (a job stuck in I/O).
 
 ``hold_train_after`` / ``hold_eval_after`` hold the same way after that many train-mode or
 eval-mode forwards (a training job mid-epoch, a compression job mid-evaluation).
@@ -34,6 +37,7 @@ MODE_KILL = 1.0
 MODE_OOM = 2.0
 MODE_FATAL = 3.0
 MODE_HOLD = 4.0
+MODE_BLOCK = 5.0
 HOLD_LIMIT_S = 120.0
 _holds = itertools.count()
 
@@ -49,6 +53,15 @@ def hold() -> None:
     deadline = time.monotonic() + HOLD_LIMIT_S
     while not (folder / "release").exists() and time.monotonic() < deadline:
         time.sleep(0.02)  # test hook: polls the release file the test writes
+
+
+def block() -> None:
+    """Block in the kernel until the test opens ``block``'s write end and closes it."""
+    reader = os.open(chaos_dir() / "block", os.O_RDONLY)  # waits for a writer to open it
+    try:
+        os.read(reader, 1)  # waits for a byte or for the writer to close
+    finally:
+        os.close(reader)
 
 
 class ChaosNet(nn.Module):
@@ -75,6 +88,8 @@ class ChaosNet(nn.Module):
             raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
         if MODE_HOLD in modes:
             hold()
+        if MODE_BLOCK in modes:
+            block()
         return self.fc(x.flatten(1))
 
 
