@@ -88,18 +88,24 @@ class HungDataset:
         return {"name": "imagefolder", "path": self.name, "image_size": 8, "channels": 1}
 
     def wait_reader(self) -> None:
-        def opened() -> bool:
-            try:  # only succeeds once a reader has the pipe open
-                self.writer = os.open(self.pipes[0], os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:
-                return False
-            return True
-
-        until(opened, "the worker to open the dataset's pipe", WAIT_S)
+        self.writer = open_writer(self.pipes[0], "the worker to open the dataset's pipe")
 
     def close(self) -> None:
         if self.writer is not None:
             os.close(self.writer)  # end of file: the stuck read returns
+
+
+def open_writer(pipe: Path, what: str) -> int:
+    """The write end of a named pipe, once a reader has it open (which keeps that reader
+    blocked, no bytes and no end of file, until the write end is closed)."""
+
+    def opened() -> int | None:
+        try:  # only succeeds once a reader has the pipe open
+            return os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return None
+
+    return int(until(opened, what, WAIT_S))
 
 
 def pool_of(limited: Limited) -> dict[str, Any]:
@@ -180,16 +186,7 @@ def test_an_infer_job_stuck_in_io_is_answered_at_its_time_limit_and_its_inputs_g
         with Client(limited.settings.model_copy(update={"inline_input_bytes": 0})) as client:
             job = client.submit_infer(model, chaos_input(chaos_models.MODE_BLOCK), time_limit_s=1)
             assert client.redis.exists(input_key(job))  # stored beside the message
-
-            def opened() -> bool:
-                nonlocal writer
-                try:  # only succeeds once the worker has the pipe open
-                    writer = os.open(block, os.O_WRONLY | os.O_NONBLOCK)
-                except OSError:
-                    return False
-                return True
-
-            until(opened, "the job to open the pipe", WAIT_S)
+            writer = open_writer(block, "the job to open the pipe")
             state = client.wait_state(job, timeout=WAIT_S)
             assert (state.status, state.error_code) == ("FAILURE", "time_limit"), state
             until(lambda: not client.redis.exists(input_key(job)), "its stored inputs to go")
