@@ -90,14 +90,15 @@ def wait_pubsub(
 ) -> JobState:
     """Wait on the result backend's pub/sub notification, waking to check the heartbeats.
 
-    An answer is taken only once the stored record is finished too: Celery keeps pub/sub
+    A failure is taken only once the stored record is finished too: Celery keeps pub/sub
     answers that came in while nobody waited, and hands them to the next waiter on the id,
     so a process that waited on a job, requeued it (the same id, its result forgotten) and
-    waits again would be handed the old run's answer."""
+    waits again would be handed the old run's failure. Only a failed job is sent again
+    under its id (a dead-letter requeue), so a success needs no second read."""
     deadline = time.monotonic() + timeout
     while True:
         state = wait_handle(app, job_id, deadline, timeout, watch, read)
-        if stored_finished(app, job_id):
+        if state.status == "SUCCESS" or stored_finished(app, job_id):
             return state
 
 
